@@ -77,16 +77,20 @@ def corpus_subset(corpus: dict, qrels_list, n_distractors: int | None, seed: int
 # %% ../nbs/03_eval.ipynb #c016
 def evaluate_encoder(model, folder, splits=('test',), out_dir=None, cache=None, n_distractors=None,
                      subset_seed: int = 0, k: int = 100, tag: str = 'causalneg', batch_size: int = 64,
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, max_queries: int | None = None) -> dict:
     "Evaluate an encoder on splits of a BEIR folder; write runs, per-query scores and metrics.json to `out_dir`."
     from causalneg.data import load_beir, doc_text
     from causalneg.encoders import encode, model_fingerprint
     loaded = {s: load_beir(folder, s) for s in splits}
+    if max_queries:  # a seeded sample of each split, for smoke runs
+        for s, (c, q, r) in loaded.items():
+            keep = sorted(random.Random(subset_seed).sample(sorted(r), min(max_queries, len(r))))
+            loaded[s] = (c, q, {k: r[k] for k in keep})
     corpus = next(iter(loaded.values()))[0]
     doc_ids = corpus_subset(corpus, [loaded[s][2] for s in splits], n_distractors, subset_seed)
     fp = model_fingerprint(model)
     doc_emb = encode(model, [doc_text(corpus[d]) for d in doc_ids], 'document', cache, batch_size, show_progress, fingerprint=fp)
-    results = {'corpus_size': len(doc_ids), 'model_fingerprint': fp, 'splits': {}}
+    results = {'corpus_size': len(doc_ids), 'corpus_full': len(corpus), 'model_fingerprint': fp, 'splits': {}}
     for s, (_, queries, qrels) in loaded.items():
         qids = list(qrels)
         q_emb = encode(model, [queries[q] for q in qids], 'query', cache, batch_size, show_progress, fingerprint=fp)

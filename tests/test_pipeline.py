@@ -1,0 +1,66 @@
+"""End-to-end: `dvc repro` of the whole pipeline on the smoke profile in a copy of the project."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def project_files():
+    "Tracked files plus untracked ones git does not ignore: what a commit of the working tree would hold."
+    out = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT, capture_output=True, check=True)
+    return [f for f in out.stdout.decode().split('\0') if f and (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope='module')
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp('project')
+    for f in project_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    env = {**os.environ, 'PATH': f"{BIN}:{os.environ['PATH']}", 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    env.pop('IN_TEST', None)
+    run = lambda *cmd: subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
+    for cmd in (['git', 'init', '-q'], ['git', 'add', '-A'],
+                ['git', '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'copy']):
+        assert run(*cmd).returncode == 0
+    r = run(sys.executable, '-m', 'causalneg.pipeline', 'use-profile', 'smoke')
+    assert r.returncode == 0, r.stderr
+    first = run(str(BIN / 'dvc'), 'repro')
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return dest, run, first
+
+
+def test_stages_write_reports(project):
+    dest, _, _ = project
+    for f in ['reports/dataset_card.md', 'reports/benchmark.html', 'reports/zeroshot.html',
+              'reports/figures/zeroshot_ndcg.png', 'data/wikivital/corpus.jsonl', 'results/zeroshot/test.run']:
+        assert (dest / f).stat().st_size > 0, f
+    html = (dest / 'reports/zeroshot.html').read_text()
+    assert 'data:image/png;base64' in html, 'figures must be embedded so the HTML reads offline'
+
+
+def test_zeroshot_metrics(project):
+    dest, _, _ = project
+    m = json.loads((dest / 'reports/metrics/zeroshot.json').read_text())
+    assert m['corpus_size'] < m['corpus_full'] == 10033
+    for split in ('test', 'fanoutqa'):
+        s = m['splits'][split]
+        assert s['queries'] == 20
+        # an untrained MiniLM on a 150-distractor corpus: far from 0, and not a perfect score either
+        assert 0.3 < s['ndcg@10'] <= 1 and s['recall@100'] >= s['ndcg@10'] * 0.9 and 0 < s['mrr@10'] <= 1
+
+
+def test_second_repro_runs_nothing(project):
+    _, run, _ = project
+    again = run(str(BIN / 'dvc'), 'repro')
+    assert again.returncode == 0, again.stderr
+    assert 'Running stage' not in again.stdout, again.stdout
+    status = run(str(BIN / 'dvc'), 'status')
+    assert 'up to date' in status.stdout, status.stdout
