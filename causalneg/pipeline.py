@@ -26,21 +26,22 @@ def render_html(notebook, html_path):
 
 # %% ../nbs/10_pipeline.ipynb #c006
 def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELINE_DIR, reports_dir=REPORTS_DIR,
-                 kernel: str = 'python3') -> Path:
+                 kernel: str = 'python3', output_name: str | None = None) -> Path:
     "Execute `pipeline_dir/NAME.ipynb` with papermill; keep the executed copy and its HTML under `reports_dir`."
     import papermill as pm
     src = Path(pipeline_dir) / f'{name}.ipynb'
     if not src.exists():
         raise FileNotFoundError(f"No pipeline notebook {src}. Available: {sorted(p.stem for p in Path(pipeline_dir).glob('*.ipynb'))}")
-    out = Path(reports_dir) / 'notebooks' / f'{name}.ipynb'
+    output_name = output_name or name  # one notebook run many times (a variant x seed) keeps one report per run
+    out = Path(reports_dir) / 'notebooks' / f'{output_name}.ipynb'
     out.parent.mkdir(parents=True, exist_ok=True)  # papermill refuses a missing output folder
     start = time.time()
     try:
         pm.execute_notebook(str(src), str(out), parameters=parameters or {}, kernel_name=kernel, progress_bar=False,
                             log_output=True, cwd=os.getcwd())
     finally:
-        if out.exists(): render_html(out, Path(reports_dir) / f'{name}.html')  # a failed run is worth reading too
-    print(f'[causalneg] {name}: {time.time() - start:.1f} s', file=sys.stderr)
+        if out.exists(): render_html(out, Path(reports_dir) / f'{output_name}.html')  # a failed run is worth reading too
+    print(f'[causalneg] {output_name}: {time.time() - start:.1f} s', file=sys.stderr)
     return out
 
 # %% ../nbs/10_pipeline.ipynb #c008
@@ -98,14 +99,18 @@ def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -
 
 # %% ../nbs/10_pipeline.ipynb #c013
 def main(argv=None):
-    "CLI: `python -m causalneg.pipeline NAME [-p key value | -y key yaml | -P key params.path]...` or `use-profile NAME`."
+    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...` or `use-profile NAME`."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
         print(main.__doc__); return 0
     if argv[0] == 'use-profile':
         if len(argv) != 2: raise SystemExit('usage: python -m causalneg.pipeline use-profile NAME')
         use_profile(argv[1]); print(f'params.yaml now uses profile {argv[1]!r}'); return 0
-    run_notebook(argv[0], parse_parameters(argv[1:]))
+    name, rest, opts = argv[0], argv[1:], {'--as': None, '--reports': REPORTS_DIR}
+    while rest[:1] and rest[0] in opts:
+        if len(rest) < 2: raise SystemExit(f'{rest[0]} needs a value')
+        opts[rest[0]], rest = rest[1], rest[2:]
+    run_notebook(name, parse_parameters(rest), reports_dir=opts['--reports'], output_name=opts['--as'])
     return 0
 
 # %% ../nbs/10_pipeline.ipynb #c014
