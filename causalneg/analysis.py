@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 # %% auto #0
-__all__ = ['mutual_information', 'auc', 'within_query_auc', 'shortcut_metrics', 'negative_similarities', 'paired_test',
-           'mean_over_seeds', 'format_mean_std', 'significance_mark']
+__all__ = ['mutual_information', 'auc', 'within_query_auc', 'auc_permutation_p', 'shortcut_metrics', 'negative_similarities',
+           'paired_test', 'mean_over_seeds', 'format_mean_std', 'significance_mark']
 
 # %% ../nbs/12_analysis.ipynb #c005
 def mutual_information(similarity, is_generated, bins: int = 10) -> float:
@@ -42,14 +42,29 @@ def within_query_auc(qids, scores, labels) -> float:
     vals = [v for v in vals if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float('nan')
 
-# %% ../nbs/12_analysis.ipynb #c009
-def shortcut_metrics(qids, similarity, is_generated, bins: int = 10) -> dict:
+# %% ../nbs/12_analysis.ipynb #c010
+def auc_permutation_p(qids, scores, labels, n_permutations: int = 1000, seed: int = 0) -> float:
+    "Two-sided permutation p-value of the within-query AUC against 0.5 (labels shuffled within queries)."
+    qids, s, y = np.asarray(qids), np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    observed = abs(within_query_auc(qids, s, y) - 0.5)
+    if math.isnan(observed): return float('nan')
+    rng, groups = np.random.default_rng(seed), [np.flatnonzero(qids == q) for q in np.unique(qids)]
+    hits = 0
+    for _ in range(n_permutations):
+        yp = y.copy()
+        for g in groups: yp[g] = rng.permutation(y[g])
+        hits += abs(within_query_auc(qids, s, yp) - 0.5) >= observed - 1e-12
+    return (hits + 1) / (n_permutations + 1)
+
+# %% ../nbs/12_analysis.ipynb #c012
+def shortcut_metrics(qids, similarity, is_generated, bins: int = 10, n_permutations: int = 500) -> dict:
     "The shortcut diagnostics of one model: mean similarities per source, MI (bits), pooled and within-query AUC."
     s, g = np.asarray(similarity, dtype=float), np.asarray(is_generated, dtype=bool)
     return {'negatives': int(len(s)), 'generated': int(g.sum()),
             'mean_sim_mined': float(s[~g].mean()) if (~g).any() else float('nan'),
             'mean_sim_generated': float(s[g].mean()) if g.any() else float('nan'),
-            'mi_bits': mutual_information(s, g, bins), 'auc': auc(s, g), 'auc_within_query': within_query_auc(qids, s, g)}
+            'mi_bits': mutual_information(s, g, bins), 'auc': auc(s, g), 'auc_within_query': within_query_auc(qids, s, g),
+            'p_auc_within_query': auc_permutation_p(qids, s, g, n_permutations)}
 
 def negative_similarities(model, examples: list, cache=None, batch_size: int = 64) -> tuple:
     "(qids, q.d similarity, is_generated, source) for every negative of `examples` under `model`."
@@ -66,7 +81,7 @@ def negative_similarities(model, examples: list, cache=None, batch_size: int = 6
     sims = np.einsum('nd,nd->n', d_emb, q_emb[[row[q] for q in qids]]) if texts else np.zeros(0)
     return np.array(qids), sims, np.array([s in GENERATED_SOURCES for s in srcs]), np.array(srcs)
 
-# %% ../nbs/12_analysis.ipynb #c011
+# %% ../nbs/12_analysis.ipynb #c014
 def paired_test(a: dict, b: dict) -> dict:
     "Two-sided paired tests of per-query scores `a` vs `b` (dicts qid -> score) on their shared queries."
     from scipy.stats import ttest_rel, wilcoxon
@@ -85,7 +100,7 @@ def mean_over_seeds(per_query_runs: list) -> dict:
         if set(r) != qs: raise ValueError("runs of different seeds cover different queries")
     return {q: float(np.mean([r[q] for r in per_query_runs])) for q in qs}
 
-# %% ../nbs/12_analysis.ipynb #c013
+# %% ../nbs/12_analysis.ipynb #c016
 def format_mean_std(values, digits: int = 3) -> str:
     "'mean ± std' over seeds (std with ddof=1; just the mean for one seed)."
     v = np.asarray(values, dtype=float)
