@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RunSettings', 'read_pools', 'training_queries', 'run_key', 'run_variant']
+__all__ = ['RunSettings', 'read_pools', 'training_queries', 'run_key', 'train_distributed', 'run_variant']
 
 # %% ../nbs/13_experiments.ipynb #c005
 @dataclass
@@ -23,6 +23,9 @@ class RunSettings:
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 16
+    grad_accum: int = 1
+    dev_fraction: float = 0.0       # > 0: hold out this share of training queries for early stopping
+    early_stopping_patience: int | None = None
     lr: float = 5e-5
     warmup_ratio: float = 0.1
     temperature: float = 0.05
@@ -34,6 +37,8 @@ class RunSettings:
     max_queries: int | None = None
     subset_seed: int = 0
     threads: int = 1
+    device: str = 'cpu'            # 'auto' uses a GPU when present
+    nproc_per_node: int = 1        # > 1: train through `torchrun --nproc_per_node N` (DDP; GPUs or CPU/gloo)
     cache_dir: str = '.cache/embeddings'
     models_dir: str = 'models'
     probe_n_mined: int = 3
@@ -63,6 +68,20 @@ def run_key(variant, seed: int, settings: RunSettings, examples: list) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/13_experiments.ipynb #c008
+def train_distributed(examples: list, config, nproc_per_node: int) -> str:
+    "Train with `torchrun --standalone --nproc_per_node N -m causalneg.train`; return the saved model folder."
+    import subprocess, sys
+    out = Path(config.output_dir); out.mkdir(parents=True, exist_ok=True)
+    from causalneg.mining import write_jsonl
+    write_jsonl(out / 'examples.jsonl', examples)
+    (out / 'config.json').write_text(json.dumps(asdict(config), default=str))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc_per_node}',
+           '-m', 'causalneg.train', '--examples', str(out / 'examples.jsonl'), '--config', str(out / 'config.json')]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f"torchrun failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return str(out / 'final')
+
+# %% ../nbs/13_experiments.ipynb #c010
 def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: list | None = None, force: bool = False) -> dict:
     "Train (unless zero-shot), evaluate and probe one variant with one seed; reuse a finished run with the same key."
     from causalneg.variants import Variant, variant_examples, negative_counts
@@ -86,8 +105,9 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
                           batch_size=s.batch_size, lr=s.lr, warmup_ratio=s.warmup_ratio, temperature=s.temperature,
                           lambda_ent=variant.lambda_ent, tau_ent=variant.tau_ent or s.tau_ent, entropy_term=variant.entropy_term,
                           balance_term=variant.balance_term, seed=seed, output_dir=str(Path(s.models_dir, f'{variant.name}-s{seed}')),
-                          num_threads=s.threads, save_strategy='no', logging_steps=1)
-        model_path = train(examples, cfg)
+                          num_threads=s.threads, save_strategy='no', logging_steps=1, device=s.device, grad_accum=s.grad_accum,
+                          dev_fraction=s.dev_fraction, early_stopping_patience=s.early_stopping_patience)
+        model_path = train(examples, cfg) if s.nproc_per_node <= 1 else train_distributed(examples, cfg, s.nproc_per_node)
         log = [r for r in json.loads(Path(cfg.output_dir, 'train_summary.json').read_text())['log_history'] if 'loss' in r]
     train_seconds = time.time() - t0; t0 = time.time()
     encoder = load_encoder(model_path, num_threads=s.threads, max_seq_length=s.eval_max_seq_length)
