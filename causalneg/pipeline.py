@@ -4,22 +4,37 @@
 
 # %% ../nbs/10_pipeline.ipynb #c003
 from __future__ import annotations
-import os, sys, time, json
+import os, re, sys, time, json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'render_html', 'run_notebook', 'lookup', 'parse_parameters', 'deep_merge',
-           'use_profile', 'main']
+__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'strip_progress', 'render_html', 'run_notebook', 'lookup', 'parse_parameters',
+           'deep_merge', 'use_profile', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #c005
 PIPELINE_DIR = Path('nbs/pipeline')
 REPORTS_DIR = Path('reports')
 
+_PROGRESS = re.compile(r'\d+%\|.*\|.*(it/s|s/it|example/s|\?it/s)')
+
+def strip_progress(nb):
+    "Drop progress-bar lines from stderr outputs: useful live in the terminal, noise in a report."
+    for cell in nb.cells:
+        keep = []
+        for out in cell.get('outputs', []):
+            if out.get('output_type') == 'stream' and out.get('name') == 'stderr':
+                lines = [l for l in re.split(r'[\r\n]+', out.get('text', '')) if l.strip() and not _PROGRESS.search(l)]
+                if not lines: continue
+                out['text'] = '\n'.join(lines) + '\n'
+            keep.append(out)
+        if 'outputs' in cell: cell['outputs'] = keep
+    return nb
+
 def render_html(notebook, html_path):
-    "Render an executed notebook to one self-contained HTML file (images embedded)."
+    "Render an executed notebook to one self-contained HTML file (images embedded, progress bars dropped)."
     import nbformat
     from nbconvert import HTMLExporter
-    nb = nbformat.read(str(notebook), as_version=4)
+    nb = strip_progress(nbformat.read(str(notebook), as_version=4))
     body, _ = HTMLExporter(embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
     Path(html_path).write_text(body, encoding='utf-8')
@@ -44,7 +59,7 @@ def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELIN
     print(f'[causalneg] {output_name}: {time.time() - start:.1f} s', file=sys.stderr)
     return out
 
-# %% ../nbs/10_pipeline.ipynb #c008
+# %% ../nbs/10_pipeline.ipynb #c009
 def _scalar(value: str):
     "Infer a scalar's type the way papermill's `-p` does: int, float, bool, None, else string."
     for cast in (int, float):
@@ -78,7 +93,7 @@ def parse_parameters(args: list, params_file='params.yaml') -> dict:
         i += 3
     return params
 
-# %% ../nbs/10_pipeline.ipynb #c011
+# %% ../nbs/10_pipeline.ipynb #c012
 def deep_merge(base: dict, overlay: dict) -> dict:
     "A copy of `base` with `overlay` merged in recursively (overlay wins; lists are replaced whole)."
     out = dict(base)
@@ -97,7 +112,7 @@ def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -
     Path(params_file).write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
     return params
 
-# %% ../nbs/10_pipeline.ipynb #c013
+# %% ../nbs/10_pipeline.ipynb #c014
 def main(argv=None):
     "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...` or `use-profile NAME`."
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -113,5 +128,5 @@ def main(argv=None):
     run_notebook(name, parse_parameters(rest), reports_dir=opts['--reports'], output_name=opts['--as'])
     return 0
 
-# %% ../nbs/10_pipeline.ipynb #c014
+# %% ../nbs/10_pipeline.ipynb #c015
 if __name__ == '__main__' and not os.environ.get('IN_TEST'): sys.exit(main())
