@@ -206,7 +206,7 @@ def generate_naive(items, client, profile="wikivital", n_neg: int = 3, on_error:
 
 # %% ../nbs/07_perturbation.ipynb #c027
 FILTER_REASONS = ("empty", "same_as_positive", "near_duplicate_positive", "copy_of_candidate", "copy_of_prompt_example",
-                  "contains_query", "too_short", "too_long", "duplicate_within_query", "false_negative_guard")
+                  "names_positive", "contains_query", "too_short", "too_long", "duplicate_within_query", "false_negative_guard")
 
 def normalize_text(text: str) -> str:
     "Lowercase, NFKC, punctuation to spaces, whitespace collapsed: the form the filters compare."
@@ -250,6 +250,8 @@ def apply_filters(negatives: list, item: dict, encode=None, margin: float = 0.0,
     out = [dict(n) for n in negatives]
     pos, query = item["positive"], item["query"]
     npos, nq = normalize_text(pos), normalize_text(query)
+    ntitle = normalize_text(item.get("pos_title") or "")
+    if len(ntitle) < 3: ntitle = ""  # a one- or two-letter title ("0", "Pi") would match by accident
     cands = {c["doc_id"]: c["text"] for c in item.get("candidates", [])}
     reasons = [[] for _ in out]
     for r, n in zip(reasons, out):
@@ -260,6 +262,7 @@ def apply_filters(negatives: list, item: dict, encode=None, margin: float = 0.0,
         src = [cands[n["rewritten_doc_id"]]] if n.get("rewritten_doc_id") in cands else list(cands.values())
         if any(overlap(t, c) >= near_dup for c in src): r.append("copy_of_candidate")
         if any(containment(t, e) >= example_copy for e in examples): r.append("copy_of_prompt_example")
+        if ntitle and f" {ntitle} " in f" {t} ": r.append("names_positive")
         if len(nq.split()) >= contains_query_min_words and f" {nq} " in f" {t} ": r.append("contains_query")
         nw = len(t.split())
         if nw < min_words: r.append("too_short")
