@@ -262,7 +262,7 @@ def apply_filters(negatives: list, item: dict, encode=None, margin: float = 0.0,
         src = [cands[n["rewritten_doc_id"]]] if n.get("rewritten_doc_id") in cands else list(cands.values())
         if any(overlap(t, c) >= near_dup for c in src): r.append("copy_of_candidate")
         if any(containment(t, e) >= example_copy for e in examples): r.append("copy_of_prompt_example")
-        if ntitle and f" {ntitle} " in f" {t} ": r.append("names_positive")
+        if ntitle and f" {ntitle} " in " " + " ".join(t.split()[:8 + len(ntitle.split())]) + " ": r.append("names_positive")
         if len(nq.split()) >= contains_query_min_words and f" {nq} " in f" {t} ": r.append("contains_query")
         nw = len(t.split())
         if nw < min_words: r.append("too_short")
