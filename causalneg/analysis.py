@@ -12,11 +12,12 @@ __all__ = ['mutual_information', 'auc', 'within_query_auc', 'auc_permutation_p',
            'paired_test', 'mean_over_seeds', 'format_mean_std', 'significance_mark']
 
 # %% ../nbs/12_analysis.ipynb #c005
-def mutual_information(similarity, is_generated, bins: int = 10) -> float:
-    "Plug-in I(source; similarity) in bits, similarity cut into `bins` equal-frequency bins."
+def mutual_information(similarity, is_generated, bins: int = 10, min_per_bin: int = 20) -> float:
+    "Plug-in I(source; similarity) in bits, similarity cut into at most `bins` equal-frequency bins of >= `min_per_bin` items."
     s, g = np.asarray(similarity, dtype=float), np.asarray(is_generated, dtype=bool)
     if s.shape != g.shape or s.ndim != 1: raise ValueError(f"similarity {s.shape} and is_generated {g.shape} must be equal 1-d shapes.")
     if len(s) == 0 or g.all() or not g.any(): return 0.0
+    bins = max(2, min(bins, len(s) // min_per_bin))  # the plug-in estimate is biased upwards when bins hold few items
     edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)[1:-1]))
     b = np.searchsorted(edges, s, side='right')
     joint = np.zeros((len(edges) + 1, 2))

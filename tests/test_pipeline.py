@@ -30,6 +30,7 @@ def project(tmp_path_factory):
     for cmd in (['git', 'init', '-q'], ['git', 'add', '-A'],
                 ['git', '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'copy']):
         assert run(*cmd).returncode == 0
+    shutil.rmtree(dest / 'reports')  # committed reports of the default run: every one must be made anew
     r = run(sys.executable, '-m', 'causalneg.pipeline', 'use-profile', 'smoke')
     assert r.returncode == 0, r.stderr
     first = run(str(BIN / 'dvc'), 'repro')
@@ -77,8 +78,8 @@ def test_generation_replayed_from_cache(project):
         negs = [n for r in recs for n in r['negatives']]
         assert negs and all(n['source'] == 'causalneg' and n['cache_keys'] and 'filter' in n for n in negs)
     ledger = dest / 'llm_cache' / 'ledger.jsonl'
-    before = (ROOT / 'llm_cache' / 'ledger.jsonl').read_text() if (ROOT / 'llm_cache' / 'ledger.jsonl').exists() else ''
-    assert (ledger.read_text() if ledger.exists() else '') == before, 'a replay must not call the LLM'
+    committed = subprocess.run(['git', 'show', 'HEAD:llm_cache/ledger.jsonl'], cwd=dest, capture_output=True, text=True).stdout
+    assert (ledger.read_text() if ledger.exists() else '') == committed, 'a replay must not call the LLM'
 
 
 def test_main_table_and_claims(project):
