@@ -270,7 +270,7 @@ class CausalNegLoss(nn.Module):
             neg_flat = torch.cat(parts) if parts else pos.new_zeros(0, pos.shape[1])
         slots = valid.T.reshape(-1).nonzero().squeeze(1)
         negs = pos.new_zeros(k * b, pos.shape[1]).index_copy(0, slots, neg_flat.to(pos.dtype))
-        return q, pos, negs.view(k, b, -1).transpose(0, 1), labels
+        return q, pos, negs.view(k, b, pos.shape[1]).transpose(0, 1), labels  # k may be 0: no negatives in the whole set
 
     def _check_labels(self, feats: list, labels: Tensor | None) -> Tensor:
         "Validate the label tensor against the number of columns."

@@ -209,3 +209,12 @@ def test_short_minilm_run_lowers_training_loss(tmp_path):
         assert -1e-6 <= l["diag_H_G"] <= l["diag_logN_g"] + 1e-6
         assert 0 <= l["diag_P_G"] <= 1 and 0 < l["diag_P_G_target"] <= 1
         assert {"diag_sim_mined", "diag_sim_causalneg", "diag_sim_pos"} <= set(l)
+
+
+def test_a_set_without_any_negative_trains(tiny_bert, tmp_path):
+    "A variant whose generated negatives were all filtered out: zero negative columns, InfoNCE over the positive only."
+    bare = [{**e, "negatives": []} for e in examples(8)]
+    folder = train(bare, TrainConfig(model=tiny_bert, max_steps=2, batch_size=4, lambda_ent=0.05, save_strategy="no",
+                                     logging_steps=1, output_dir=str(tmp_path / "bare"), max_seq_length=32))
+    losses = [l["loss"] for l in logs(tmp_path / "bare") if "loss" in l]
+    assert os.path.isdir(folder) and losses == [0.0, 0.0]  # -log softmax of the positive among itself
