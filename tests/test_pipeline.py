@@ -94,3 +94,17 @@ def test_main_table_and_claims(project):
     rec = json.loads((dest / 'results/runs/causalneg-s0/run.json').read_text())
     assert rec['recipe']['lambda_ent'] == 0.05 and rec['negatives']['negatives'].get('causalneg', 0) > 0
     assert 'causalneg' in rec['shortcut'] and 0 <= rec['shortcut']['causalneg']['auc_within_query'] <= 1
+
+
+def test_same_params_and_seed_give_identical_metrics(project):
+    "Retraining a finished run from scratch on CPU reproduces its metrics exactly (runs last: it re-runs a stage)."
+    dest, run, _ = project
+    done = dest / 'results/runs/causalneg-s0/run.json'
+    before = json.loads(done.read_text())
+    done.unlink()
+    again = run(str(BIN / 'dvc'), 'repro', 'experiments')
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    after = json.loads(done.read_text())
+    assert after['key'] == before['key']
+    assert after['metrics'] == before['metrics'] and after['shortcut'] == before['shortcut']
+    assert [r['loss'] for r in after['train_log']] == [r['loss'] for r in before['train_log']]
