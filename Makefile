@@ -59,10 +59,12 @@ llm: setup
 # endpoint. Runs the generate stage's own notebook, so the cached requests are exactly the stage's.
 LLM_QUERIES ?= 400
 LLM_STEP ?= 5
+# first size to build; raise it to skip steps already in the cache (they would only replay)
+LLM_FROM ?= $(LLM_STEP)
 LLM_BUILD := .cache/llm-cache-build
 llm-cache: setup
 	mkdir -p $(LLM_BUILD)
-	for n in $$(seq $(LLM_STEP) $(LLM_STEP) $(LLM_QUERIES)); do \
+	for n in $$(seq $(LLM_FROM) $(LLM_STEP) $(LLM_QUERIES)); do \
 	  $(BIN)/python -m causalneg.pipeline generate --as llm-cache --reports $(LLM_BUILD) \
 	    -P llm llm -P llm_cache generation.cache -P profile generation.profile -P n_neg generation.n_neg \
 	    -P max_candidates generation.max_candidates -P max_candidate_words generation.max_candidate_words \

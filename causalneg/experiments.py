@@ -41,6 +41,7 @@ class RunSettings:
     nproc_per_node: int = 1        # > 1: train through `torchrun --nproc_per_node N` (DDP; GPUs or CPU/gloo)
     cache_dir: str = '.cache/embeddings'
     models_dir: str = 'models'
+    drop_reasons: list | str = 'all'  # filter reasons that keep a generated negative out of training and probes
     probe_n_mined: int = 3
     probe_n_gen: int = 3
 
@@ -91,7 +92,7 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     from causalneg.analysis import negative_similarities, shortcut_metrics
     s, out = settings, Path(out_dir)
     queries = queries if queries is not None else training_queries(s.negatives_dir)
-    examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, 'train')) if variant.train else []
+    examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, 'train'), s.drop_reasons) if variant.train else []
     key = run_key(variant, seed, s, examples)
     done = out / 'run.json'
     if done.exists() and not force:
@@ -118,7 +119,7 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     held_queries = training_queries(s.negatives_dir, 'heldout')
     for gen in ('causalneg', 'naive'):
         if gen not in held: continue
-        probe = variant_examples(Variant('probe', 'probe', {'mined': s.probe_n_mined, gen: s.probe_n_gen}), held_queries, held)
+        probe = variant_examples(Variant('probe', 'probe', {'mined': s.probe_n_mined, gen: s.probe_n_gen}), held_queries, held, s.drop_reasons)
         qids, sim, is_gen, src = negative_similarities(encoder, probe, cache=s.cache_dir)
         shortcut[gen] = shortcut_metrics(qids, sim, is_gen)
         probe_rows += [[gen, q, round(float(x), 6), y] for q, x, y in zip(qids, sim, src)]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['Variant', 'main_variants', 'ablation_variants', 'usable', 'variant_examples', 'negative_counts']
+__all__ = ['NOT_A_NEW_NEGATIVE', 'Variant', 'main_variants', 'ablation_variants', 'check_drop', 'usable', 'variant_examples',
+           'negative_counts']
 
 # %% ../nbs/11_variants.ipynb #c005
 @dataclass(frozen=True)
@@ -49,11 +50,28 @@ def ablation_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda
     return out
 
 # %% ../nbs/11_variants.ipynb #c008
-def usable(negatives: list) -> list:
-    "Negatives a variant may train on: non-empty text that no quality filter flagged."
-    return [n for n in negatives if n.get('text', '').strip() and not n.get('filter')]
+NOT_A_NEW_NEGATIVE = ('empty', 'same_as_positive', 'near_duplicate_positive', 'copy_of_candidate',
+                      'copy_of_prompt_example', 'duplicate_within_query')
 
-def variant_examples(variant: Variant, queries: list, pools: dict) -> list:
+def check_drop(drop) -> str | tuple:
+    "Validate a `drop` setting: 'all' or a list of filter reasons from `causalneg.perturbation.FILTER_REASONS`."
+    from causalneg.perturbation import FILTER_REASONS
+    if drop == 'all': return drop
+    if isinstance(drop, str) or not hasattr(drop, '__iter__'):
+        raise ValueError(f"drop_reasons must be 'all' or a list of filter reasons, got {drop!r}.")
+    unknown = [r for r in drop if r not in FILTER_REASONS]
+    if unknown: raise ValueError(f"drop_reasons: unknown filter reason(s) {unknown}. Known: {list(FILTER_REASONS)}.")
+    return tuple(drop)
+
+def usable(negatives: list, drop='all') -> list:
+    "Negatives a variant may train on: non-empty text with no filter reason in `drop` ('all': no flag at all)."
+    drop = check_drop(drop)
+    def dropped(n):
+        reasons = n.get('filter_reasons') or ([n['filter']] if n.get('filter') else [])
+        return bool(reasons) if drop == 'all' else any(r in drop for r in reasons)
+    return [n for n in negatives if n.get('text', '').strip() and not dropped(n)]
+
+def variant_examples(variant: Variant, queries: list, pools: dict, drop='all') -> list:
     "Training examples {qid, query, positive, negatives} of `variant` for `queries` (records with qid/query/positive)."
     missing = [s for s in variant.negatives if s not in pools]
     if missing: raise ValueError(f"variant {variant.name!r} needs negatives from {missing}, but only {sorted(pools)} were given.")
@@ -61,7 +79,7 @@ def variant_examples(variant: Variant, queries: list, pools: dict) -> list:
     for q in queries:
         negs = []
         for source, n in variant.negatives.items():
-            got = usable(pools[source].get(q['qid'], []))[:n]
+            got = usable(pools[source].get(q['qid'], []), drop)[:n]
             negs += [{**x, 'source': source if source in ('mined', 'random') else x.get('source', source)} for x in got]
         out.append({'qid': q['qid'], 'query': q['query'], 'positive': q['positive'], 'negatives': negs})
     return out

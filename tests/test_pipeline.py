@@ -27,8 +27,9 @@ def project(tmp_path_factory):
     env = {**os.environ, 'PATH': f"{BIN}:{os.environ['PATH']}", 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     env.pop('IN_TEST', None)
     run = lambda *cmd: subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
-    for cmd in (['git', 'init', '-q'], ['git', 'add', '-A'],
-                ['git', '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'copy']):
+    # a local identity: `dvc exp run` commits experiments, and CI machines may have no global git config
+    for cmd in (['git', 'init', '-q'], ['git', 'config', 'user.email', 't@t'], ['git', 'config', 'user.name', 't'],
+                ['git', 'add', '-A'], ['git', 'commit', '-qm', 'copy']):
         assert run(*cmd).returncode == 0
     shutil.rmtree(dest / 'reports')  # committed reports of the default run: every one must be made anew
     r = run(sys.executable, '-m', 'causalneg.pipeline', 'use-profile', 'smoke')
@@ -43,7 +44,8 @@ def test_stages_write_reports(project):
     for f in ['reports/dataset_card.md', 'reports/benchmark.html', 'reports/zeroshot.html',
               'reports/figures/zeroshot_ndcg.png', 'data/wikivital/corpus.jsonl', 'results/zeroshot/test.run',
               'reports/mine.html', 'reports/generate.html', 'reports/generation_report.md', 'reports/experiments.html',
-              'reports/main_table.md', 'reports/claims.md', 'reports/figures/shortcut.png', 'reports/tables.html']:
+              'reports/main_table.md', 'reports/claims.md', 'reports/figures/shortcut.png', 'reports/figures/sensitivity.png',
+              'reports/tables.html']:
         assert (dest / f).stat().st_size > 0, f
     html = (dest / 'reports/zeroshot.html').read_text()
     assert 'data:image/png;base64' in html, 'figures must be embedded so the HTML reads offline'
@@ -90,7 +92,13 @@ def test_main_table_and_claims(project):
     claims = (dest / 'reports/claims.md').read_text()
     assert claims.count('| **') == 4, claims
     runs = json.loads((dest / 'results/runs/index.json').read_text())['runs']
-    assert set(runs) == {'zeroshot-s0', 'mined-s0', 'mined_cot-s0', 'causalneg-s0', 'causalneg_no_balance-s0'}
+    assert set(runs) == {'zeroshot-s0', 'mined-s0', 'mined_cot-s0', 'causalneg-s0', 'causalneg_no_balance-s0',
+                         'causalneg_lambda_0.2-s0', 'causalneg_tau_0.5-s0'}
+    ablation = (dest / 'reports/ablation_table.md').read_text()
+    for label in ('CausalNeg without balance term', 'CausalNeg, lambda=0.2', 'CausalNeg, tau_ent=0.5'):
+        assert f'| {label} ' in ablation, label
+    sweep = json.loads((dest / 'results/runs/causalneg_lambda_0.2-s0/run.json').read_text())
+    assert sweep['recipe']['lambda_ent'] == 0.2
     rec = json.loads((dest / 'results/runs/causalneg-s0/run.json').read_text())
     assert rec['recipe']['lambda_ent'] == 0.05 and rec['negatives']['negatives'].get('causalneg', 0) > 0
     assert 'causalneg' in rec['shortcut'] and 0 <= rec['shortcut']['causalneg']['auc_within_query'] <= 1
@@ -108,3 +116,25 @@ def test_same_params_and_seed_give_identical_metrics(project):
     assert after['key'] == before['key']
     assert after['metrics'] == before['metrics'] and after['shortcut'] == before['shortcut']
     assert [r['loss'] for r in after['train_log']] == [r['loss'] for r in before['train_log']]
+
+
+def test_dvc_exp_sweep(project):
+    "A lambda_ent sweep with `dvc exp run -S`: one experiment per value, and runs that do not read lambda_ent are reused."
+    dest, run, _ = project
+    before = json.loads((dest / 'results/runs/mined-s0/run.json').read_text())
+    for lam in (0.02, 0.2):
+        r = run(str(BIN / 'dvc'), 'exp', 'run', '-n', f'lam-{lam:g}', '-S', f'experiments.lambda_ent={lam}')
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        rec = json.loads((dest / 'results/runs/causalneg-s0/run.json').read_text())
+        assert rec['recipe']['lambda_ent'] == lam
+    # InfoNCE-only runs have the same input hash whatever lambda_ent is: reused, not retrained
+    assert json.loads((dest / 'results/runs/mined-s0/run.json').read_text()) == before
+    show = run(str(BIN / 'dvc'), 'exp', 'show', '--csv')
+    assert show.returncode == 0, show.stderr
+    import csv, io
+    rows = {r['Experiment']: r for r in csv.DictReader(io.StringIO(show.stdout)) if r.get('Experiment')}
+    assert {'lam-0.02', 'lam-0.2'} <= set(rows), list(rows)
+    for name, lam in (('lam-0.02', 0.02), ('lam-0.2', 0.2)):
+        assert float(rows[name]['experiments.lambda_ent']) == lam
+        assert 0 < float(rows[name]['causalneg.test.ndcg@10']) <= 1
+        assert rows[name]['mined.test.ndcg@10'] == rows['lam-0.02']['mined.test.ndcg@10']
