@@ -85,12 +85,14 @@ def variant_examples(variant: Variant, queries: list, pools: dict, drop='all') -
     return out
 
 def negative_counts(examples: list) -> dict:
-    "How many negatives of each source the examples hold, and how many queries got none of a source."
-    counts, per_query = {}, []
+    "How many negatives of each source the examples hold (and train despite a flag), and how many queries got none of a source."
+    counts, flagged, per_query = {}, {}, []
     for ex in examples:
         c = {}
-        for n in ex['negatives']: c[n['source']] = c.get(n['source'], 0) + 1
+        for n in ex['negatives']:
+            c[n['source']] = c.get(n['source'], 0) + 1
+            if n.get('filter_reasons') or n.get('filter'): flagged[n['source']] = flagged.get(n['source'], 0) + 1
         per_query.append(c)
         for s, k in c.items(): counts[s] = counts.get(s, 0) + k
-    return {'queries': len(examples), 'negatives': counts,
+    return {'queries': len(examples), 'negatives': counts, 'flagged': flagged,
             'queries_without': {s: sum(1 for c in per_query if not c.get(s)) for s in counts}}
