@@ -43,7 +43,10 @@ def render_html(notebook, html_path):
 def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELINE_DIR, reports_dir=REPORTS_DIR,
                  kernel: str = 'python3', output_name: str | None = None) -> Path:
     "Execute `pipeline_dir/NAME.ipynb` with papermill; keep the executed copy and its HTML under `reports_dir`."
-    import papermill as pm
+    try: import papermill as pm
+    except ImportError:  # DVC runs `python` from PATH: `.venv/bin/dvc repro` alone does not put .venv/bin on it
+        raise ImportError(f"papermill is not installed for {sys.executable}. DVC runs the stages with the `python` on PATH: "
+                          "run `make repro`, or `source .venv/bin/activate` before `dvc repro`.") from None
     src = Path(pipeline_dir) / f'{name}.ipynb'
     if not src.exists():
         raise FileNotFoundError(f"No pipeline notebook {src}. Available: {sorted(p.stem for p in Path(pipeline_dir).glob('*.ipynb'))}")
