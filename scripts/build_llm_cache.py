@@ -14,7 +14,7 @@ steadily. Each block logs to .cache/llm-cache-build/blocks/START/log.txt.
 Usage: python scripts/build_llm_cache.py [--queries 400] [--from 0] [--step 5] [--workers 2] [--threads 1]
        [--no-commit]
 """
-import argparse, json, os, queue, subprocess, sys, threading, time
+import argparse, functools, json, os, queue, subprocess, sys, threading, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,22 +31,30 @@ def plan_blocks(start: int, stop: int, step: int) -> list:
     return [(a, min(a + step, stop)) for a in range(start, stop, step)]
 
 
-def write_block(negatives_dir: Path, block: tuple, dest: Path) -> list:
-    "Write the slice `block` of each part's mined file under `dest`; the parts that have queries in it."
-    a, b = block
-    dest.mkdir(parents=True, exist_ok=True)
-    parts = []
+def read_mined(negatives_dir: Path) -> dict:
+    "Each part's mined records as JSON lines, read once for all blocks."
+    out = {}
     for part in PARTS:
-        src = negatives_dir / f'{part}_mined.jsonl'
+        src = Path(negatives_dir) / f'{part}_mined.jsonl'
         if not src.exists():
             raise FileNotFoundError(f'{src} is missing: run the mining stage first (`make repro`, or '
                                     f'`source .venv/bin/activate && dvc repro mine`).')
-        lines = [l for l in src.read_text().splitlines() if l.strip()][a:b]
-        (dest / src.name).write_text(''.join(l + '\n' for l in lines))
-        if lines: parts.append(part)
+        out[part] = [l for l in src.read_text().splitlines() if l.strip()]
+    return out
+
+
+def write_block(mined: dict, block: tuple, dest: Path) -> list:
+    "Write the slice `block` of each part's mined lines under `dest`; the parts that have queries in it."
+    a, b = block
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for part, lines in mined.items():
+        (dest / f'{part}_mined.jsonl').write_text(''.join(l + '\n' for l in lines[a:b]))
+        if lines[a:b]: parts.append(part)
     return parts
 
 
+@functools.lru_cache
 def stage_parameters(dvc_file=ROOT / 'dvc.yaml') -> list:
     "The `-P KEY PARAM.PATH` pairs of dvc.yaml's generate stage, less those a block sets itself."
     import shlex, yaml
@@ -67,17 +75,13 @@ def generate_command(block_dir: Path, parts: list, n: int, threads: int) -> list
         '-p', 'reports_dir', str(block_dir)]
 
 
+@functools.lru_cache
 def _llm_params(threads: int) -> str:
     "params.yaml's `llm` block with this worker's llama.cpp thread count (not part of any cache key)."
     import yaml
     llm = dict(yaml.safe_load((ROOT / 'params.yaml').read_text())['llm'])
     llm['local_threads'] = threads
     return json.dumps(llm)
-
-
-def cache_records(folder: Path) -> int:
-    "Complete records in the response cache (one JSON object per line over the shard files)."
-    return sum(f.read_bytes().count(b'\n') for f in folder.glob('[0-9a-f][0-9a-f].jsonl'))
 
 
 def commit_cache(message: str, lock: threading.Lock):
@@ -90,9 +94,11 @@ def commit_cache(message: str, lock: threading.Lock):
 
 def run(args) -> int:
     from tqdm.auto import tqdm
+    from causalneg.llm import ResponseCache
     blocks = plan_blocks(args.start, args.queries, args.step)
     todo, failed, lock = queue.Queue(), [], threading.Lock()
     for blk in blocks: todo.put(blk)
+    mined = read_mined(ROOT / args.negatives_dir)
     env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads), 'MKL_NUM_THREADS': str(args.threads)}
     bar = tqdm(total=len(blocks), desc=f'blocks of {args.step} queries', unit='block')
 
@@ -101,7 +107,7 @@ def run(args) -> int:
             try: a, b = todo.get_nowait()
             except queue.Empty: return
             block_dir = BUILD / f'{a:04d}'
-            parts = write_block(ROOT / args.negatives_dir, (a, b), block_dir / 'negatives')
+            parts = write_block(mined, (a, b), block_dir / 'negatives')
             if not parts: bar.update(); continue  # past the end of the mined files
             t0 = time.time()
             with open(block_dir / 'log.txt', 'w') as log:
@@ -111,7 +117,7 @@ def run(args) -> int:
                 failed.append(f'queries {a}-{b}: generate exited {rc}; see {block_dir / "log.txt"}')
                 return
             if not args.no_commit: commit_cache(f'LLM response cache: queries {a}-{b} (block of {b - a})', lock)
-            bar.set_postfix(last=f'{a}-{b} {time.time() - t0:.0f}s', records=cache_records(ROOT / 'llm_cache'))
+            bar.set_postfix(last=f'{a}-{b} {time.time() - t0:.0f}s', records=len(ResponseCache(ROOT / 'llm_cache')))
             bar.update()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.workers)]

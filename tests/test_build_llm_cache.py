@@ -30,7 +30,7 @@ def _mined(folder: Path, n_train=12, n_heldout=3):
 
 
 def test_write_block_slices_each_part(tmp_path):
-    src = _mined(tmp_path / 'negatives')
+    src = blc.read_mined(_mined(tmp_path / 'negatives'))
     qids = lambda p: [json.loads(l)['qid'] for l in p.read_text().splitlines()]
     assert blc.write_block(src, (0, 5), tmp_path / 'b0') == ['train', 'heldout']
     assert qids(tmp_path / 'b0' / 'heldout_mined.jsonl') == ['heldout0', 'heldout1', 'heldout2']
@@ -41,7 +41,7 @@ def test_write_block_slices_each_part(tmp_path):
 
 def test_write_block_says_to_mine_first(tmp_path):
     with pytest.raises(FileNotFoundError, match='run the mining stage first'):
-        blc.write_block(tmp_path / 'nothing', (0, 5), tmp_path / 'b')
+        blc.read_mined(tmp_path / 'nothing')
 
 
 def test_stage_parameters_follow_dvc_yaml():
