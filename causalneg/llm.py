@@ -21,7 +21,8 @@ except ImportError: fcntl = None  # Windows: thread locks only
 __all__ = ['MAX_RETRY_AFTER', 'GGUF_NAME', 'GGUF_SIZE', 'GGUF_SHA256', 'GGUF_PARTS', 'LLMConfig', 'request_key', 'ResponseCache',
            'Ledger', 'parse_retry_after', 'backoff_delay', 'strict_compatible', 'wire_response_format', 'check_output',
            'repair_prompt', 'gguf_path', 'gguf_ready', 'assemble_gguf', 'local_backend_status', 'free_port',
-           'LocalServer', 'CacheMiss', 'LLMCallError', 'LLMOutputError', 'LLMMapError', 'LLMClient', 'main']
+           'LocalServer', 'CacheMiss', 'LLMCallError', 'LLMOutputError', 'failure_key', 'LLMMapError', 'LLMClient',
+           'main']
 
 # %% ../nbs/06_llm.ipynb #c006
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -614,9 +615,21 @@ class LLMCallError(RuntimeError):
 
 class LLMOutputError(ValueError):
     "The model's reply was still invalid (JSON, schema or content check) after the repair turns."
-    def __init__(self, message, key=None, errors=(), last_reply=None):
+    def __init__(self, message, key=None, errors=(), last_reply=None, replayed=False):
         super().__init__(message)
-        self.key, self.errors, self.last_reply = key, list(errors), last_reply
+        self.key, self.errors, self.last_reply, self.replayed = key, list(errors), last_reply, replayed
+
+    @classmethod
+    def after_repairs(cls, name, key, repair_retries, errors, last_reply, replayed=False):
+        "The error for a reply still invalid after `repair_retries` repair turns (live or replayed from the cache)."
+        return cls(f"{name}: the reply to request {key[:12]} was still invalid after {repair_retries} repair turn(s): "
+                   f"{errors[-1]}. Last reply starts {last_reply[:300]!r}. Raise llm.max_tokens or llm.repair_retries, "
+                   "simplify the schema, or use a stronger model.", key=key, errors=errors, last_reply=last_reply,
+                   replayed=replayed)
+
+def failure_key(key: str) -> str:
+    "Cache key of the recorded failure of request `key` (derived, so a later success can still be stored under `key`)."
+    return hashlib.sha256(f"failure:{_check_key(key)}".encode()).hexdigest()
 
 class LLMMapError(RuntimeError):
     "Some items of `LLMClient.map` failed; `.errors` maps item index to exception, `.results` holds the rest."
@@ -772,6 +785,11 @@ class LLMClient:
         rec = self.cache.get(key)
         if rec is not None:
             self.ledger.add("cache_hits"); return rec["parsed"]
+        failed = self.cache.get(failure_key(key))
+        if failed is not None and failed["repair_retries"] >= cfg.repair_retries:
+            self.ledger.add("cache_hits")
+            raise LLMOutputError.after_repairs(name, key, failed["repair_retries"], failed["errors"], failed["response"],
+                                               replayed=True)
         if why := self.unavailable(): raise self._miss(key, why)
         self._openai()   # start the backend first, so the record's seconds are the call's own
         convo, errors, usage, t0 = list(messages), [], Counter(), time.monotonic()
@@ -786,16 +804,15 @@ class LLMClient:
             if turn < cfg.repair_retries:
                 self.ledger.add("repairs")
                 convo = convo + [{"role": "assistant", "content": text}, {"role": "user", "content": repair_prompt(err)}]
-        else:
-            raise LLMOutputError(f"{name}: the reply to request {key[:12]} was still invalid after {cfg.repair_retries} "
-                                 f"repair turn(s): {errors[-1]}. Last reply starts {text[:300]!r}. Raise llm.max_tokens "
-                                 "or llm.repair_retries, simplify the schema, or use a stronger model.",
-                                 key=key, errors=errors, last_reply=text)
         record = {"model": cfg.model, "served_model": served, "backend": self._kind, "name": name,
                   "request": {"messages": messages, "decoding": decoding, "schema": schema},
-                  "response": text, "parsed": obj, "finish_reason": finish, "usage": dict(usage),
-                  "repairs": errors, "seconds": round(time.monotonic() - t0, 3), "ts": _now()}
-        if self.cache.put(key, record): self.ledger.add("stored")
+                  "response": text, "finish_reason": finish, "usage": dict(usage),
+                  "seconds": round(time.monotonic() - t0, 3), "ts": _now()}
+        if err is not None:  # still invalid after the last repair turn: cache the failure so a replay repeats it
+            failure = {**record, "failure_of": key, "errors": errors, "repair_retries": cfg.repair_retries}
+            if self.cache.put(failure_key(key), failure): self.ledger.add("stored")
+            raise LLMOutputError.after_repairs(name, key, cfg.repair_retries, errors, text)
+        if self.cache.put(key, {**record, "parsed": obj, "repairs": errors}): self.ledger.add("stored")
         return obj
 
     def map(self, fn: Callable, items, desc: str = "") -> list:
@@ -879,7 +896,9 @@ def main(argv=None):
         if not Path(args.folder).is_dir(): ap.error(f"{args.folder} is not a cache folder")
         c = ResponseCache(args.folder)
         led = Path(args.ledger) if args.ledger else Path(args.folder) / "ledger.jsonl"
-        print(json.dumps({"records": len(c), "unreadable_lines": len(c.skipped), "ledger": Ledger.read(led)}, indent=1))
+        failures = sum("failure_of" in c.get(k) for k in c.keys())
+        print(json.dumps({"records": len(c), "failures": failures, "unreadable_lines": len(c.skipped),
+                          "ledger": Ledger.read(led)}, indent=1))
 
 # %% ../nbs/06_llm.ipynb #c041
 #| eval: false

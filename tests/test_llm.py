@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from causalneg.llm import (CacheMiss, LLMCallError, LLMClient, LLMConfig, LLMMapError, LLMOutputError, Ledger,
-                           ResponseCache, local_backend_status, request_key)
+                           ResponseCache, failure_key, local_backend_status, request_key)
 from fake_openai import FakeOpenAI, drop, ok, status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,35 @@ def test_schema_invalid_output_is_repaired_or_refused(fake, tmp_path):
     with pytest.raises(LLMOutputError, match="still invalid after 2 repair") as ei:
         c.chat_json(other, SCHEMA)
     assert len(ei.value.errors) == 3 and "too short" in ei.value.errors[0]
-    assert len(fake.requests) == 5 and key_of(c, other) not in c.cache   # failures are not cached
+    assert len(fake.requests) == 5 and key_of(c, other) not in c.cache   # no answer is stored for it
+
+
+def test_a_final_failure_is_cached_and_replayed_as_the_same_error(fake, tmp_path):
+    fake.script = [ok({"answer": "P"}), ok({"city": "Lima"}), ok({"answer": 1})]
+    peru = [{"role": "user", "content": "Capital of Peru?"}]
+    with client(fake, tmp_path) as c:
+        with pytest.raises(LLMOutputError) as live:
+            c.chat_json(peru, SCHEMA)
+        assert c.ledger.summary()["stored"] == 1
+    rec = ResponseCache(tmp_path / "cache").get(failure_key(key_of(c, peru)))
+    assert (rec["failure_of"], rec["repair_retries"], rec["errors"]) == (key_of(c, peru), 2, live.value.errors)
+    assert json.loads(rec["response"]) == {"answer": 1} and "parsed" not in rec
+    # an offline replay raises the same error (so a generation run records the same failed item) without a call
+    replay = LLMClient(cfg(fake), tmp_path / "cache", offline=True, progress=False)
+    with pytest.raises(LLMOutputError) as again:
+        replay.chat_json(peru, SCHEMA)
+    assert (str(again.value), again.value.errors, again.value.replayed) == (str(live.value), live.value.errors, True)
+    assert replay.ledger.summary()["cache_hits"] == 1 and len(fake.requests) == 3
+    # fewer repair turns than the failure had: the failure still stands
+    with pytest.raises(LLMOutputError, match="after 2 repair"):
+        LLMClient(cfg(fake, repair_retries=1), tmp_path / "cache", offline=True, progress=False).chat_json(peru, SCHEMA)
+    # more repair turns than it had: a miss offline, and asked again (then stored as an answer) with a backend
+    with pytest.raises(CacheMiss):
+        LLMClient(cfg(fake, repair_retries=3), tmp_path / "cache", offline=True, progress=False).chat_json(peru, SCHEMA)
+    fake.script = [ok({"answer": "P"}), ok({"answer": "Lima"})]
+    more = client(fake, tmp_path, repair_retries=3)
+    assert more.chat_json(peru, SCHEMA) == {"answer": "Lima"} and len(fake.requests) == 5
+    assert LLMClient(cfg(fake), tmp_path / "cache", offline=True, progress=False).chat_json(peru, SCHEMA) == {"answer": "Lima"}
 
 
 def test_truncated_output_is_reported_as_truncation(fake, tmp_path):
