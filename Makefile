@@ -62,7 +62,8 @@ llm: setup
 LLM_QUERIES ?= 400
 LLM_STEP ?= 5
 LLM_FROM ?= 0
-LLM_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+# (nproc counts OMP_NUM_THREADS as a limit, and builds are started with OMP_NUM_THREADS=1: ask without it)
+LLM_WORKERS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
 llm-cache: setup
 	$(BIN)/python scripts/build_llm_cache.py --queries $(LLM_QUERIES) --from $(LLM_FROM) --step $(LLM_STEP) \
 	  --workers $(LLM_WORKERS) --threads 1

@@ -84,12 +84,20 @@ def _llm_params(threads: int) -> str:
     return json.dumps(llm)
 
 
-def commit_cache(message: str, lock: threading.Lock):
-    "Commit llm_cache/ if it changed (serialised: workers finish blocks concurrently)."
+def commit_cache(message: str, lock: threading.Lock, tries: int = 5, wait: float = 2.0):
+    "Commit llm_cache/ if it changed (serialised: workers finish blocks concurrently; retried while git is busy)."
     with lock:
-        subprocess.run(['git', 'add', 'llm_cache'], cwd=ROOT, check=True)
-        if subprocess.run(['git', 'diff', '--cached', '--quiet', '--', 'llm_cache'], cwd=ROOT).returncode:
-            subprocess.run(['git', 'commit', '-q', '-m', message, '--', 'llm_cache'], cwd=ROOT, check=True)
+        for attempt in range(tries):
+            try:
+                subprocess.run(['git', 'add', 'llm_cache'], cwd=ROOT, check=True)
+                if subprocess.run(['git', 'diff', '--cached', '--quiet', '--', 'llm_cache'], cwd=ROOT).returncode:
+                    subprocess.run(['git', 'commit', '-q', '-m', message, '--', 'llm_cache'], cwd=ROOT, check=True)
+                return
+            except subprocess.CalledProcessError:
+                # another git command (a person committing beside the build) holds .git/index.lock; the records
+                # are on disk either way, so wait and retry rather than kill the worker
+                if attempt == tries - 1: raise
+                time.sleep(wait * (attempt + 1))
 
 
 def run(args) -> int:

@@ -75,3 +75,20 @@ def test_workers_run_every_block_once_and_stop_on_failure(tmp_path, monkeypatch,
     monkeypatch.setattr(blc, 'generate_command', lambda block_dir, *a: fake_command(block_dir.with_name('FAIL'), *a))
     assert blc.main(args + ['--queries', '10']) == 1
     assert 'generate exited 3; see' in capsys.readouterr().err
+
+
+def test_commit_cache_waits_out_a_busy_git_and_gives_up_in_the_end(monkeypatch):
+    import subprocess, threading
+    calls, busy = [], {'left': 2}
+    def fake_run(cmd, cwd=None, check=False):
+        calls.append(cmd[1])
+        if cmd[1] == 'add' and busy['left']:
+            busy['left'] -= 1
+            raise subprocess.CalledProcessError(128, cmd)          # .git/index.lock held by someone else
+        return subprocess.CompletedProcess(cmd, 1 if cmd[1] == 'diff' else 0)
+    monkeypatch.setattr(blc.subprocess, 'run', fake_run)
+    monkeypatch.setattr(blc.time, 'sleep', lambda s: None)
+    blc.commit_cache('msg', threading.Lock())
+    assert calls == ['add', 'add', 'add', 'diff', 'commit']
+    busy['left'] = 99
+    with pytest.raises(subprocess.CalledProcessError): blc.commit_cache('msg', threading.Lock(), tries=3)
