@@ -4,14 +4,14 @@
 
 # %% ../nbs/01_data.ipynb #c003
 from __future__ import annotations
-import csv, hashlib, json, re, collections
+import csv, hashlib, json, re, collections, math, os, shutil, sys, tempfile, zipfile, zlib
 from pathlib import Path
 import importlib.metadata as md
 
 # %% auto #0
-__all__ = ['WIKIVITAL_PACKAGES', 'WIKIVITAL_LICENCE', 'BeirFormatError', 'read_jsonl', 'read_qrels', 'available_splits',
-           'load_beir', 'write_beir', 'doc_text', 'package_file', 'wiki_id', 'split_of', 'fanoutqa_pairs',
-           'build_wikivital', 'dataset_card']
+__all__ = ['WIKIVITAL_PACKAGES', 'WIKIVITAL_LICENCE', 'BEIR_URL', 'BEIR_MD5', 'BeirFormatError', 'read_jsonl', 'read_qrels',
+           'available_splits', 'load_beir', 'check_beir', 'write_beir', 'doc_text', 'package_file', 'wiki_id',
+           'split_of', 'fanoutqa_pairs', 'build_wikivital', 'dataset_card', 'DownloadError', 'download_beir', 'main']
 
 # %% ../nbs/01_data.ipynb #c005
 class BeirFormatError(ValueError):
@@ -20,25 +20,43 @@ class BeirFormatError(ValueError):
 def _where(path, line=None):
     return f"{path}" + (f", line {line}" if line is not None else "")
 
+_WS = re.compile(r'\s')  # the characters `str.split()` splits on, so TREC run readers agree with this check
+
+def _id_problem(x):
+    "Why `x` cannot be a BEIR id, or None when it can: ids are non-empty strings without whitespace."
+    if not isinstance(x, str): return f"is a {type(x).__name__}, not a string"
+    if not x: return "is empty"
+    m = _WS.search(x)
+    if m: return (f"contains whitespace ({m.group()!r}), which TREC run files and qrels TSV cannot carry: "
+                  "replace it (e.g. with '_') in the corpus, queries and qrels alike")
+    return None
+
 # %% ../nbs/01_data.ipynb #c006
+_BOM = b'\xef\xbb\xbf'
+
 def _read_lines(path):
-    "Yield (line number, text) of a UTF-8 file, failing clearly on a missing, empty or non-UTF-8 file."
+    "Yield (line number, text) of a UTF-8 file (a leading BOM skipped), failing clearly on a missing, empty or non-UTF-8 file."
     path = Path(path)
     if not path.exists():
         raise BeirFormatError(f"{path} does not exist. A BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
     raw = path.read_bytes()
-    try: text = raw.decode('utf-8')
+    skip = len(_BOM) if raw.startswith(_BOM) else 0
+    try: text = raw[skip:].decode('utf-8')
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b'\n') + 1
-        raise BeirFormatError(f"{_where(path, line)}: bytes that are not UTF-8 at offset {e.start}. "
+        at = skip + e.start; line = raw[:at].count(b'\n') + 1
+        raise BeirFormatError(f"{_where(path, line)}: bytes that are not UTF-8 at offset {at}. "
                               "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
-    lines = [(i, l) for i, l in enumerate(text.splitlines(), 1) if l.strip()]
+    lines = [(i, l.rstrip('\r')) for i, l in enumerate(text.split('\n'), 1) if l.strip()]
     if not lines: raise BeirFormatError(f"{path} is empty: it must hold at least one record.")
     return lines
 
 # %% ../nbs/01_data.ipynb #c007
+def _encodable(x) -> bool:
+    try: json.dumps(x, ensure_ascii=False).encode('utf-8'); return True
+    except UnicodeEncodeError: return False
+
 def read_jsonl(path, required=('_id', 'text'), kind='record') -> dict:
-    "Read a BEIR JSONL file into `{_id: record}`, checking JSON syntax, required fields and unique ids."
+    "Read a BEIR JSONL file into `{_id: record}`, checking JSON syntax, required fields, Unicode and unique ids."
     out = {}
     for n, line in _read_lines(path):
         try: rec = json.loads(line)
@@ -53,8 +71,15 @@ def read_jsonl(path, required=('_id', 'text'), kind='record') -> dict:
                                   f"every {kind} needs {list(required)}.")
         bad = [k for k in required if not isinstance(rec[k], str)]
         if bad: raise BeirFormatError(f"{_where(path, n)}: field(s) {bad} must be strings.")
+        # strict UTF-8 decoding already refused encoded surrogates: only a JSON `\u` escape can make one
+        if '\\u' in line and not _encodable(rec):
+            fields = [k for k, v in rec.items() if not _encodable(v)] or 'a key'
+            raise BeirFormatError(f"{_where(path, n)}: invalid Unicode in {fields}: a lone surrogate escape "
+                                  "(\\ud800-\\udfff without its pair). Fix or drop the escape.")
         _id = rec['_id']
         if not _id.strip(): raise BeirFormatError(f"{_where(path, n)}: empty `_id`.")
+        problem = _id_problem(_id)
+        if problem: raise BeirFormatError(f"{_where(path, n)}: `_id` {_id!r} {problem}.")
         if _id in out:
             raise BeirFormatError(f"{_where(path, n)}: duplicate `_id` {_id!r} (first seen earlier in the file). "
                                   "Ids must be unique: drop or rename the duplicate.")
@@ -62,20 +87,37 @@ def read_jsonl(path, required=('_id', 'text'), kind='record') -> dict:
     return out
 
 # %% ../nbs/01_data.ipynb #c008
+_INTEGER_SCORES = "BEIR relevance scores are integers (0 = not relevant, 1, 2, ... = graded relevance)"
+
+def _score(text, path, n) -> int:
+    "A qrels score as an int; an integral float such as `1.0` is accepted, anything else refused."
+    try: return int(text)
+    except ValueError: pass
+    try: x = float(text)
+    except ValueError:
+        raise BeirFormatError(f"{_where(path, n)}: score {text!r} is not a number; {_INTEGER_SCORES}.") from None
+    if not math.isfinite(x):
+        raise BeirFormatError(f"{_where(path, n)}: score {text!r} is not a finite number; {_INTEGER_SCORES}.")
+    if x != int(x):
+        raise BeirFormatError(f"{_where(path, n)}: score {text!r} is not an integer; {_INTEGER_SCORES}. "
+                              "Map graded scores to integers yourself: truncating would make 0.5 non-relevant.")
+    return int(x)
+
 def read_qrels(path) -> dict:
     "Read a BEIR qrels TSV (header optional) into `{query_id: {doc_id: score}}`."
     qrels = collections.defaultdict(dict)
-    for n, line in _read_lines(path):
-        cols = line.rstrip('\r\n').split('\t')
-        if n == 1 and cols[0].strip().lower() in ('query-id', 'query_id', 'qid'): continue
+    for k, (n, line) in enumerate(_read_lines(path)):
+        cols = line.split('\t')
+        if k == 0 and cols[0].strip().lower() in ('query-id', 'query_id', 'qid'): continue
         if len(cols) == 4: cols = [cols[0], cols[2], cols[3]]  # TREC qrels: qid 0 docid score
         if len(cols) != 3:
             raise BeirFormatError(f"{_where(path, n)}: expected 3 tab-separated columns "
                                   f"(query-id, corpus-id, score), got {len(cols)}: {line[:80]!r}.")
         qid, did, score = (c.strip() for c in cols)
-        try: score = int(float(score))
-        except ValueError:
-            raise BeirFormatError(f"{_where(path, n)}: score {score!r} is not a number.") from None
+        for what, x in (('query-id', qid), ('corpus-id', did)):
+            problem = _id_problem(x)
+            if problem: raise BeirFormatError(f"{_where(path, n)}: {what} {x!r} {problem}.")
+        score = _score(score, path, n)
         if did in qrels[qid]:
             raise BeirFormatError(f"{_where(path, n)}: duplicate judgement for query {qid!r} and document {did!r}.")
         qrels[qid][did] = score
@@ -85,6 +127,16 @@ def read_qrels(path) -> dict:
 def available_splits(folder) -> list:
     "Names of the qrels splits present in a BEIR folder."
     return sorted(p.stem for p in (Path(folder) / 'qrels').glob('*.tsv'))
+
+def _check_qrels(qpath, qrels, queries, corpus):
+    for qid, docs in qrels.items():
+        if qid not in queries:
+            raise BeirFormatError(f"{qpath}: judges query {qid!r}, which is not in queries.jsonl. "
+                                  "Add the query or remove its judgements.")
+        unknown = [d for d in docs if d not in corpus]
+        if unknown:
+            raise BeirFormatError(f"{qpath}: query {qid!r} judges document(s) {unknown[:3]} that are not in "
+                                  "corpus.jsonl. Add the documents or remove the judgements.")
 
 def load_beir(folder, split='test'):
     "Load a BEIR folder: (corpus id -> {title, text}, queries id -> text, qrels qid -> {doc_id: score})."
@@ -98,32 +150,93 @@ def load_beir(folder, split='test'):
               for k, v in read_jsonl(folder / 'corpus.jsonl', kind='document').items()}
     queries = {k: v['text'] for k, v in read_jsonl(folder / 'queries.jsonl', kind='query').items()}
     qrels = read_qrels(qpath)
-    for qid, docs in qrels.items():
-        if qid not in queries:
-            raise BeirFormatError(f"{qpath}: judges query {qid!r}, which is not in queries.jsonl. "
-                                  "Add the query or remove its judgements.")
-        unknown = [d for d in docs if d not in corpus]
-        if unknown:
-            raise BeirFormatError(f"{qpath}: query {qid!r} judges document(s) {unknown[:3]} that are not in "
-                                  "corpus.jsonl. Add the documents or remove the judgements.")
+    _check_qrels(qpath, qrels, queries, corpus)
     return corpus, {q: queries[q] for q in qrels}, qrels
 
+def check_beir(folder) -> dict:
+    "Validate every split of a BEIR folder as `load_beir` would (corpus read once); return judged queries per split."
+    folder = Path(folder)
+    if not folder.is_dir(): raise BeirFormatError(f"{folder} is not a folder. Pass the folder holding corpus.jsonl.")
+    splits = available_splits(folder)
+    if not splits: raise BeirFormatError(f"{folder} has no qrels/<split>.tsv file.")
+    corpus = read_jsonl(folder / 'corpus.jsonl', kind='document')
+    queries = read_jsonl(folder / 'queries.jsonl', kind='query')
+    out = {}
+    for s in splits:
+        qpath = folder / 'qrels' / f'{s}.tsv'; qrels = read_qrels(qpath)
+        _check_qrels(qpath, qrels, queries, corpus); out[s] = len(qrels)
+    return out
+
 # %% ../nbs/01_data.ipynb #c011
-def _write_jsonl(path, rows):
-    with open(path, 'w', encoding='utf-8') as f:
-        for r in rows: f.write(json.dumps(r, ensure_ascii=False) + '\n')
+def _write_temp(path, write) -> Path:
+    "Write a temporary file beside `path` with `write(f)` and return it; on failure it is removed."
+    path = Path(path); tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'w', encoding='utf-8', newline='\n') as f:
+            write(f); f.flush(); os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    return tmp
+
+def _replace_all(jobs):
+    "Write every (path, write) job to a temporary file, then move them all into place: a failure replaces nothing."
+    done = []
+    try:
+        for path, write in jobs: done.append((_write_temp(path, write), path))
+    except BaseException:
+        for tmp, _ in done: tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in done: os.replace(tmp, path)
+
+def _jsonl_writer(rows, kind):
+    def write(f):
+        for r in rows:
+            try: f.write(json.dumps(r, ensure_ascii=False) + '\n')
+            except UnicodeEncodeError:
+                raise BeirFormatError(f"write_beir: {kind} {r['_id']!r} holds invalid Unicode (a lone surrogate); "
+                                      "load_beir would refuse it.") from None
+    return write
+
+def _integer_score(s) -> bool:
+    return not isinstance(s, bool) and (isinstance(s, int) or isinstance(s, float) and math.isfinite(s) and s == int(s))
+
+def _check_for_write(corpus, queries, qrels_by_split):
+    "Refuse, before anything is written, what `load_beir` would refuse on reading it back."
+    for kind, items in (('corpus', corpus), ('queries', queries)):
+        if not items: raise BeirFormatError(f"write_beir: {kind} is empty; load_beir refuses an empty file.")
+        for k in items:
+            problem = _id_problem(k)
+            if problem: raise BeirFormatError(f"write_beir: {kind} id {k!r} {problem}.")
+    bad = [k for k, v in corpus.items() if not isinstance(v.get('text'), str)]
+    if bad: raise BeirFormatError(f"write_beir: document(s) {bad[:3]} have no string `text`.")
+    bad = [k for k, v in queries.items() if not isinstance(v, str)]
+    if bad: raise BeirFormatError(f"write_beir: query(ies) {bad[:3]} are not strings.")
+    for split, qrels in qrels_by_split.items():
+        if not re.fullmatch(r'[A-Za-z0-9][\w.-]*', str(split)):
+            raise BeirFormatError(f"write_beir: split name {split!r} must be letters, digits, '.', '_' or '-'.")
+        for q, docs in qrels.items():
+            if q not in queries: raise BeirFormatError(f"write_beir: split {split!r} judges query {q!r}, which is not in queries.")
+            unknown = [d for d in docs if d not in corpus]
+            if unknown: raise BeirFormatError(f"write_beir: split {split!r}, query {q!r} judges document(s) {unknown[:3]} not in the corpus.")
+            bad = [(d, s) for d, s in docs.items() if not _integer_score(s)]
+            if bad: raise BeirFormatError(f"write_beir: split {split!r}, query {q!r}: score(s) {bad[:3]} are not integers; "
+                                          f"{_INTEGER_SCORES}.")
+
+def _qrels_writer(qrels):
+    def write(f):
+        f.write('query-id\tcorpus-id\tscore\n')
+        for q, docs in qrels.items():
+            for d, s in docs.items(): f.write(f'{q}\t{d}\t{int(s)}\n')
+    return write
 
 def write_beir(folder, corpus, queries, qrels_by_split):
-    "Write corpus, queries and one qrels file per split in BEIR format."
-    folder = Path(folder); (folder / 'qrels').mkdir(parents=True, exist_ok=True)
-    _write_jsonl(folder / 'corpus.jsonl', ({'_id': k, 'title': v.get('title', ''), 'text': v['text']} for k, v in corpus.items()))
-    _write_jsonl(folder / 'queries.jsonl', ({'_id': k, 'text': v} for k, v in queries.items()))
-    for split, qrels in qrels_by_split.items():
-        with open(folder / 'qrels' / f'{split}.tsv', 'w', encoding='utf-8', newline='') as f:
-            w = csv.writer(f, delimiter='\t', lineterminator='\n')
-            w.writerow(['query-id', 'corpus-id', 'score'])
-            for q, docs in qrels.items():
-                for d, s in docs.items(): w.writerow([q, d, s])
+    "Write corpus, queries and one qrels file per split in BEIR format, refusing what `load_beir` would refuse."
+    folder = Path(folder); _check_for_write(corpus, queries, qrels_by_split)
+    (folder / 'qrels').mkdir(parents=True, exist_ok=True)
+    _replace_all([(folder / 'corpus.jsonl', _jsonl_writer(({'_id': k, 'title': v.get('title', ''), 'text': v['text']}
+                                                            for k, v in corpus.items()), 'document')),
+                  (folder / 'queries.jsonl', _jsonl_writer(({'_id': k, 'text': v} for k, v in queries.items()), 'query'))]
+                 + [(folder / 'qrels' / f'{s}.tsv', _qrels_writer(q)) for s, q in qrels_by_split.items()])
 
 def doc_text(doc) -> str:
     "The text an encoder sees for a document: title and text, as BEIR's dense models join them."
@@ -203,7 +316,7 @@ def build_wikivital(folder, dev=0.1, test=0.1) -> dict:
     stats = {'corpus': len(corpus), 'queries': {s: len(q) for s, q in qrels.items()},
              'gold_passages': {s: len({d for ds in q.values() for d in ds}) for s, q in qrels.items()},
              'dropped': dict(dropped), 'packages': WIKIVITAL_PACKAGES, 'licence': WIKIVITAL_LICENCE}
-    (Path(folder) / 'stats.json').write_text(json.dumps(stats, indent=2) + '\n')
+    _replace_all([(Path(folder) / 'stats.json', lambda f: f.write(json.dumps(stats, indent=2) + '\n'))])
     return stats
 
 # %% ../nbs/01_data.ipynb #c023
@@ -228,3 +341,143 @@ def dataset_card(folder, n_examples=3) -> str:
               'and any BEIR folder drops in through `load_beir` on a connected machine.', '',
               'Licence: ' + stats['licence']]
     return '\n'.join(lines) + '\n'
+
+# %% ../nbs/01_data.ipynb #c026
+BEIR_URL = 'https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip'
+# md5 of each zip as published in BEIR's README (github.com/beir-cellar/beir, "Available Datasets")
+BEIR_MD5 = {
+    'msmarco': '444067daf65d982533ea17ebd59501e4', 'trec-covid': 'ce62140cb23feb9becf6270d0d1fe6d1',
+    'nfcorpus': 'a89dba18a62ef92f7d323ec890a0d38d', 'nq': 'd4d3d2e48787a744b6f6e691ff534307',
+    'hotpotqa': 'f412724f78b0d91183a0e86805e16114', 'fiqa': '17918ed23cd04fb15047f73e6c3bd9d9',
+    'arguana': '8ad3e3c2a5867cdced806d6503f29b99', 'webis-touche2020': '46f650ba5a527fc69e0a6521c5a23563',
+    'quora': '18fb154900ba42a600f84b839c173167', 'dbpedia-entity': 'c2a39eb420a3164af735795df012ac2c',
+    'scidocs': '38121350fc3a4d2f48850f6aff52e4a9', 'fever': '5a818580227bfb4b35bb6fa46d9b6c03',
+    'climate-fever': '8b66f0a9126c521bae2bde127b4dc99d', 'scifact': '5f7d1de60b170fc8027bb7898e2efca1'}
+
+class DownloadError(RuntimeError):
+    "A dataset download failed; the message says what went wrong and what to do."
+
+def _md5(path) -> str:
+    h = hashlib.md5()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+# %% ../nbs/01_data.ipynb #c027
+def _fetch(url, part, progress=True, timeout=60):
+    "Download `url` into `part`, resuming from its current size with an HTTP Range request when the server allows."
+    import urllib.request, urllib.error, http.client
+    from tqdm import tqdm
+    part = Path(part); have = part.stat().st_size if part.exists() else 0
+    headers = {'User-Agent': 'causalneg-download', **({'Range': f'bytes={have}-'} if have else {})}
+    try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have: return  # the partial file is already complete: the checksum decides
+        raise DownloadError(f"HTTP error {e.code} ({e.reason}) for {url}.") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DownloadError(f"could not reach {url}: {getattr(e, 'reason', e)}.") from None
+    with resp:
+        resumed = have and resp.getcode() == 206
+        if resumed and not resp.headers.get('Content-Range', '').startswith(f'bytes {have}-'):
+            resp.close(); part.unlink(); return _fetch(url, part, progress, timeout)  # a range we did not ask for
+        start = have if resumed else 0
+        length = resp.headers.get('Content-Length')
+        total = start + int(length) if length and length.isdigit() else None
+        got = start
+        with open(part, 'ab' if resumed else 'wb') as f, \
+             tqdm(total=total, initial=start, unit='B', unit_scale=True, unit_divisor=1024,
+                  desc=part.name.removesuffix('.zip.part'), disable=not progress) as bar:
+            while True:
+                try: chunk = resp.read(1 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise DownloadError(f"download of {url} broke off after {got:,} bytes ({e!r}); "
+                                        f"run again to resume from {part}.") from None
+                if not chunk: break
+                f.write(chunk); got += len(chunk); bar.update(len(chunk))
+    if total is not None and got < total:
+        raise DownloadError(f"download of {url} stopped at {got:,} of {total:,} bytes; run again to resume from {part}.")
+
+# %% ../nbs/01_data.ipynb #c028
+def _unpack(zpath, dest, name) -> dict:
+    "Extract a BEIR zip to a temporary folder inside `dest`, validate it, then rename it to `dest/name`."
+    zpath, dest = Path(zpath), Path(dest)
+    try:
+        with zipfile.ZipFile(zpath) as z:
+            broken = z.testzip()
+            unsafe = [m for m in z.namelist() if m.startswith(('/', '\\')) or '..' in Path(m).parts]
+            if broken is None and not unsafe:
+                tmp = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.unpacking', dir=dest))
+                try:
+                    z.extractall(tmp)
+                    roots = [tmp / name] if (tmp / name / 'corpus.jsonl').is_file() else \
+                            [tmp] if (tmp / 'corpus.jsonl').is_file() else [p.parent for p in tmp.glob('*/corpus.jsonl')]
+                    if len(roots) != 1:
+                        raise DownloadError(f"{zpath} holds no single BEIR folder (corpus.jsonl at its top level "
+                                            "or in one top folder); it was kept for inspection.")
+                    try: splits = check_beir(roots[0])
+                    except BeirFormatError as e:
+                        raise DownloadError(f"the downloaded {name} is not valid BEIR format: {e} "
+                                            f"(the zip was kept as {zpath}).") from None
+                    os.rename(roots[0], dest / name)
+                    return splits
+                finally: shutil.rmtree(tmp, ignore_errors=True)
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as e:
+        broken, unsafe = f'({e})', []
+    zpath.unlink(missing_ok=True)
+    what = f"unsafe member paths {unsafe[:3]}" if unsafe else f"a corrupt member {broken}"
+    raise DownloadError(f"{zpath} is not a valid zip file ({what}): the download is truncated or the server "
+                        "sent something else. It was deleted; run again to download it afresh.")
+
+# %% ../nbs/01_data.ipynb #c029
+def download_beir(name, dest, url=None, md5=None, progress=True) -> Path:
+    "Download, md5-check, unpack and validate BEIR dataset `name` into `dest/name`; a valid existing copy is kept."
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]*', name):
+        raise DownloadError(f"dataset name {name!r}: use letters, digits, '.', '_' and '-' only (e.g. scifact).")
+    if name == 'cqadupstack' and url is None:
+        raise DownloadError("cqadupstack holds twelve BEIR folders, one per sub-forum, and is not supported.")
+    dest = Path(dest); target = dest / name
+    if target.exists():
+        try: splits = check_beir(target)
+        except BeirFormatError as e:
+            raise DownloadError(f"{target} exists but is not a valid BEIR folder ({e}) Remove it (or choose "
+                                "another DEST) and run again.") from None
+        print(f"{target} is already a valid BEIR folder (queries per split: {splits}); nothing to download.", file=sys.stderr)
+        return target
+    md5 = (md5 or BEIR_MD5.get(name) or '').lower() or None
+    if md5 is not None and not re.fullmatch(r'[0-9a-f]{32}', md5):
+        raise DownloadError(f"md5 {md5!r} is not 32 hexadecimal digits.")
+    if md5 is None:
+        print(f"warning: no published md5 for {name!r}: the download cannot be verified. "
+              "Pass --md5 HEX to verify it.", file=sys.stderr)
+    url = url or BEIR_URL.format(name=name)
+    dest.mkdir(parents=True, exist_ok=True); part = dest / f'{name}.zip.part'
+    _fetch(url, part, progress)
+    if md5 is not None:
+        got = _md5(part)
+        if got != md5:
+            part.unlink()
+            raise DownloadError(f"checksum mismatch for {url}: md5 {got}, expected {md5}. The file is corrupt or "
+                                "not the published one; it was deleted. Run again to retry, or pass the right --md5.")
+    splits = _unpack(part, dest, name)
+    part.unlink()
+    print(f"{target}: valid BEIR folder (queries per split: {splits}).", file=sys.stderr)
+    return target
+
+# %% ../nbs/01_data.ipynb #c030
+def main(argv=None) -> int:
+    "Command line: `python -m causalneg.data download NAME DEST [--url URL] [--md5 HEX]`."
+    import argparse
+    p = argparse.ArgumentParser(prog='python -m causalneg.data', description='BEIR-format benchmarks on disk.')
+    sub = p.add_subparsers(dest='command', required=True)
+    d = sub.add_parser('download', help='download, verify, unpack and validate a BEIR dataset into DEST/NAME')
+    d.add_argument('name', help='BEIR dataset name, e.g. scifact'); d.add_argument('dest', help='parent folder, e.g. data/beir')
+    d.add_argument('--url', help=f'zip to fetch (default: {BEIR_URL})')
+    d.add_argument('--md5', help='expected md5 of the zip (default: the value BEIR publishes for NAME)')
+    d.add_argument('--no-progress', action='store_true', help='no progress bar')
+    a = p.parse_args(argv)
+    try: print(download_beir(a.name, a.dest, a.url, a.md5, progress=not a.no_progress))
+    except (DownloadError, BeirFormatError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr); return 1
+    return 0
+
+if __name__ == '__main__' and not os.environ.get('IN_TEST'): sys.exit(main())
