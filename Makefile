@@ -70,3 +70,12 @@ llm-cache: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Download a BEIR dataset: `make data BEIR=scifact` (BEIR_DEST=data/beir by default; BEIR_URL and BEIR_MD5
+# override the published address and md5). md5-checked, unpacked to $(BEIR_DEST)/NAME and validated;
+# a valid copy is kept, an interrupted download resumes from $(BEIR_DEST)/NAME.zip.part.
+.PHONY: data
+BEIR_DEST ?= data/beir
+data: setup
+	@test -n "$(BEIR)" || { echo "usage: make data BEIR=NAME (e.g. scifact, nfcorpus, fiqa)"; exit 2; }
+	$(BIN)/python -m causalneg.data download $(BEIR) $(BEIR_DEST) $(if $(BEIR_URL),--url $(BEIR_URL)) $(if $(BEIR_MD5),--md5 $(BEIR_MD5))
