@@ -422,9 +422,9 @@ def _unpack(zpath, dest, name) -> dict:
                     return splits
                 finally: shutil.rmtree(tmp, ignore_errors=True)
     except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as e:
-        broken, unsafe = f'({e})', []
+        broken, unsafe = None, []; what = str(e)
+    else: what = f"unsafe member paths {unsafe[:3]}" if unsafe else f"member {broken} fails its CRC check"
     zpath.unlink(missing_ok=True)
-    what = f"unsafe member paths {unsafe[:3]}" if unsafe else f"a corrupt member {broken}"
     raise DownloadError(f"{zpath} is not a valid zip file ({what}): the download is truncated or the server "
                         "sent something else. It was deleted; run again to download it afresh.")
 
@@ -451,6 +451,7 @@ def download_beir(name, dest, url=None, md5=None, progress=True) -> Path:
               "Pass --md5 HEX to verify it.", file=sys.stderr)
     url = url or BEIR_URL.format(name=name)
     dest.mkdir(parents=True, exist_ok=True); part = dest / f'{name}.zip.part'
+    for stale in dest.glob(f'.{name}.*.unpacking'): shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
     _fetch(url, part, progress)
     if md5 is not None:
         got = _md5(part)

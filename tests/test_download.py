@@ -143,7 +143,7 @@ def test_corrupt_member(tmp_path, server, tiny):
     bad = bytearray(body)
     for j in range(60, 90): bad[j] ^= 0xFF  # inside corpus.jsonl's stored data: its CRC no longer matches
     server.files['/bad.zip'] = bytes(bad)
-    with pytest.raises(DownloadError, match='not a valid zip file'):
+    with pytest.raises(DownloadError, match='not a valid zip file .member tiny/corpus.jsonl fails its CRC check'):
         download_beir('bad', tmp_path / 'beir', server.url + '/bad.zip', progress=False)
     assert listing(tmp_path / 'beir') == []
 
@@ -243,3 +243,11 @@ def test_module_entry_point_exits_nonzero(tmp_path, server):
                         '--url', server.url + '/missing.zip', '--no-progress'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and 'HTTP error 404' in r.stderr and server.url + '/missing.zip' in r.stderr, r.stderr
+
+
+def test_stale_unpacking_folder_from_a_killed_run_is_removed(tmp_path, tiny):
+    _, md5, url = tiny
+    stale = tmp_path / 'beir' / '.tiny.abc123.unpacking' / 'tiny'
+    stale.mkdir(parents=True); (stale / 'corpus.jsonl').write_text('half')
+    download_beir('tiny', tmp_path / 'beir', url, md5, progress=False)
+    assert listing(tmp_path / 'beir') == ['tiny']
