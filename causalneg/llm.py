@@ -4,28 +4,41 @@
 
 # %% ../nbs/06_llm.ipynb #c003
 from __future__ import annotations
-import argparse, atexit, hashlib, importlib, importlib.util, json, math, os, random, re, shutil
+import argparse, atexit, hashlib, importlib, importlib.util, ipaddress, json, logging, math, os, random, re, shutil
 import signal, socket, subprocess, sys, tempfile, threading, time, urllib.request, warnings
 from collections import Counter
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Mapping
+from urllib.parse import urlsplit
 
 try: import fcntl
 except ImportError: fcntl = None  # Windows: thread locks only
 
 # %% auto #0
-__all__ = ['MAX_RETRY_AFTER', 'GGUF_NAME', 'GGUF_SIZE', 'GGUF_SHA256', 'GGUF_PARTS', 'LLMConfig', 'request_key', 'ResponseCache',
-           'Ledger', 'parse_retry_after', 'backoff_delay', 'strict_compatible', 'wire_response_format', 'check_output',
-           'repair_prompt', 'gguf_path', 'gguf_ready', 'assemble_gguf', 'local_backend_status', 'free_port',
-           'LocalServer', 'CacheMiss', 'LLMCallError', 'LLMOutputError', 'failure_key', 'LLMMapError', 'LLMClient',
-           'main']
+__all__ = ['MAX_RETRY_AFTER', 'REPLY_BYTES_PER_TOKEN', 'REPLY_OVERHEAD', 'QUOTE_CHARS_PER_TOKEN', 'GGUF_NAME', 'GGUF_SIZE',
+           'GGUF_SHA256', 'GGUF_PARTS', 'LLMConfig', 'request_key', 'scrub', 'ResponseCache', 'Ledger',
+           'parse_retry_after', 'backoff_delay', 'strict_compatible', 'wire_response_format', 'check_output',
+           'repair_prompt', 'reply_byte_cap', 'clip_reply', 'gguf_path', 'gguf_ready', 'assemble_gguf',
+           'local_backend_status', 'free_port', 'LocalServer', 'CacheMiss', 'LLMCallError', 'LLMOutputError',
+           'failure_key', 'LLMMapError', 'LLMClient', 'main']
 
 # %% ../nbs/06_llm.ipynb #c006
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY_PREFIXES = ("sk-", "sk_", "sk-proj", "rk_", "pk_", "ghp_", "gho_", "github_pat_", "xox", "AIza", "hf_", "gsk_",
+                 "Bearer", "bearer", "eyJ")
+
+def _looks_like_key(s) -> bool:
+    "Whether a string looks like a secret (a known key prefix, long, or long with digits and mixed case)."
+    if not isinstance(s, str): return False
+    t = s.strip()
+    if t.startswith(_KEY_PREFIXES) or len(t) > 64: return True
+    digits, lower, upper = (sum(f(c) for c in t) for f in (str.isdigit, str.islower, str.isupper))
+    return (len(t) >= 20 and digits >= 4 and lower >= 2 and upper >= 2) or (not _ENV_NAME.match(t) and len(t) >= 16)
 
 def _is_int(x): return isinstance(x, int) and not isinstance(x, bool)
 def _is_num(x): return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -39,7 +52,7 @@ class LLMConfig:
     temperature: float = 0.2
     max_tokens: int = 1024
     seed: int = 0
-    timeout: float = 300.0                # per request, seconds
+    timeout: float = 300.0                # total deadline of one HTTP attempt (connect to last byte), seconds
     max_retries: int = 3                  # transport retries (429, 5xx, timeouts, connection errors)
     concurrency: int = 1                  # bounded in-flight requests
     allow_local: bool = True              # may start the local llama.cpp server on a miss if installed
@@ -48,7 +61,9 @@ class LLMConfig:
     prices: dict | None = None            # {"prompt": USD per 1M tokens, "completion": USD per 1M}
     repair_retries: int = 2               # extra turns asking the model to fix an invalid reply
     backoff_base: float = 1.0             # seconds; delay before retry k is about base * 2**k, with jitter
-    backoff_max: float = 60.0             # cap of the exponential backoff (Retry-After is honoured as sent)
+    backoff_max: float = 60.0             # cap of the exponential backoff (Retry-After is honoured up to max_retry_after)
+    max_retry_after: float = 600.0        # longest Retry-After honoured (s); a longer one fails the call instead of sleeping
+    allow_insecure_http: bool = False     # may send the API key over plain http:// to a host that is not loopback
     response_format: str = "auto"         # wire format: auto | json_schema | json_object (see below)
 
     def __post_init__(self):
@@ -59,12 +74,15 @@ class LLMConfig:
         need(isinstance(self.model, str) and self.model.strip(), f"model must be a non-empty string, got {self.model!r}")
         need(self.base_url is None or (isinstance(self.base_url, str) and re.match(r"^https?://", self.base_url)),
              f"base_url must be null or an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}")
-        if isinstance(self.api_key_env, str) and (self.api_key_env.startswith(("sk-", "sk_")) or len(self.api_key_env) > 64):
-            errs.append("api_key_env looks like an API key itself: it must be the NAME of an environment variable "
-                        "(e.g. OPENAI_API_KEY); export the key in that variable and never put it in params")
+        if _looks_like_key(self.api_key_env):   # the value is never echoed: it may be the key itself
+            errs.append(f"api_key_env looks like an API key itself ({len(self.api_key_env)} characters, not shown): it "
+                        "must be the NAME of an environment variable (e.g. OPENAI_API_KEY); export the key in that "
+                        "variable, never put it in params, and rotate it if it was committed")
         else:
             need(isinstance(self.api_key_env, str) and _ENV_NAME.match(self.api_key_env),
-                 f"api_key_env must be an environment variable name, got {self.api_key_env!r}")
+                 "api_key_env must be an environment variable name (letters, digits and _), got "
+                 + (f"a {type(self.api_key_env).__name__}" if not isinstance(self.api_key_env, str)
+                    else f"{len(self.api_key_env)} characters that are not one (not shown)"))
         need(_is_num(self.temperature) and 0 <= self.temperature <= 2, f"temperature must be in [0, 2], got {self.temperature!r}")
         for f, lo in (("max_tokens", 1), ("max_retries", 0), ("concurrency", 1), ("local_threads", 1),
                       ("local_ctx", 256), ("repair_retries", 0)):
@@ -75,7 +93,10 @@ class LLMConfig:
         need(_is_num(self.backoff_base) and self.backoff_base >= 0, f"backoff_base must be >= 0, got {self.backoff_base!r}")
         need(_is_num(self.backoff_max) and self.backoff_max >= (self.backoff_base if _is_num(self.backoff_base) else 0),
              f"backoff_max must be a number >= backoff_base, got {self.backoff_max!r}")
-        need(isinstance(self.allow_local, bool), f"allow_local must be true or false, got {self.allow_local!r}")
+        need(_is_num(self.max_retry_after) and self.max_retry_after >= 0,
+             f"max_retry_after must be a number of seconds >= 0, got {self.max_retry_after!r}")
+        for f in ("allow_local", "allow_insecure_http"):
+            need(isinstance(getattr(self, f), bool), f"{f} must be true or false, got {getattr(self, f)!r}")
         need(self.response_format in ("auto", "json_schema", "json_object"),
              f"response_format must be auto, json_schema or json_object, got {self.response_format!r}")
         if self.prices is not None:
@@ -121,6 +142,31 @@ def request_key(model: str, messages: list, decoding: dict) -> str:
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_RE = re.compile(r"^[0-9a-f]{2}\.jsonl$")
 
+_log = logging.getLogger("causalneg.llm")
+_SECRETS = set()   # key values read from the environment in this process: scrubbed wherever they appear
+_SECRET_RES = [re.compile(p) for p in (   # group 1, when present, is a label kept in front of the redaction
+    r"()\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{8,}",                                 # OpenAI/Stripe-style keys
+    r"()\b(?:ghp|gho|ghs|github_pat|hf|gsk|xox[abpr])[-_][A-Za-z0-9_\-]{8,}",    # GitHub, Hugging Face, Groq, Slack
+    r"()\bAIza[A-Za-z0-9_\-]{20,}",                                            # Google
+    r"()\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",             # JWTs
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{6,}",                                  # Authorization: Bearer <token>
+    r"(?i)((?:api[_-]?key|key provided|secret|token)[\"']?\s*[:=]?\s*[\"']?)[^\s\"',;}]*[0-9][^\s\"',;}]{5,}")]
+
+def _register_secret(value):
+    "Remember a key value so that `scrub` removes it from every message, ledger row and record."
+    if isinstance(value, str) and len(value) >= 6: _SECRETS.add(value)
+
+def scrub(x):
+    "`x` (a string, or a JSON-like structure of them) with known keys and key-shaped tokens replaced by `[REDACTED]`."
+    if isinstance(x, str):
+        for s in sorted(_SECRETS, key=len, reverse=True):
+            if s in x: x = x.replace(s, "[REDACTED]")
+        for r in _SECRET_RES: x = r.sub(lambda m: m.group(1) + "[REDACTED]", x)
+        return x
+    if isinstance(x, Mapping): return {k: scrub(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [scrub(v) for v in x]
+    return x
+
 def _check_key(key):
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise ValueError(f"cache keys are 64 lowercase hex digits (see request_key), got {key!r:.80}.")
@@ -160,6 +206,30 @@ def _append_line(path: Path, line: str, before_write=None) -> int:
         os.close(fd)
         if new: _fsync_dir(path.parent)
 
+def _repair_tail(path: Path) -> str | None:
+    "End or cut a torn final line of a shard, under its exclusive lock; returns what was done, or None."
+    if fcntl is None: return None   # without flock a live writer may be mid-line: leave it to the reader
+    with open(path, "r+b") as f:
+        _lock(f.fileno(), True)
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if not size or os.pread(f.fileno(), 1, size - 1) == b"\n": return None
+            start = size
+            while start > 0:   # find the last newline, reading backwards in blocks
+                lo = max(0, start - 65536); block = os.pread(f.fileno(), start - lo, lo)
+                i = block.rfind(b"\n")
+                if i >= 0: start = lo + i + 1; break
+                start = lo
+            tail = os.pread(f.fileno(), size - start, start)
+            try: ok = _KEY_RE.match(json.loads(tail)["key"]) is not None
+            except Exception: ok = False
+            if ok: os.pwrite(f.fileno(), b"\n", size); what = "ended a complete final record that had lost its newline"
+            else: f.truncate(start); what = f"removed a torn final line ({size - start} bytes, starts {tail[:40]!r})"
+            os.fsync(f.fileno())
+            return what
+        finally: _unlock(f.fileno())
+
+
 # %% ../nbs/06_llm.ipynb #c013
 class ResponseCache:
     "Append-only, crash-safe JSONL cache of LLM records keyed by `request_key`, shardable and shippable in git."
@@ -172,11 +242,53 @@ class ResponseCache:
         self._pos = {}       # shard name -> bytes consumed
         self._nlines = {}    # shard name -> lines consumed (for warnings)
         self.skipped = []    # (path, line number, excerpt) of unreadable lines
+        self._claims = {}    # key -> [thread lock, users]: one caller per key within this process
+        self._repair_tails()
         self._refresh_all()
 
     def __repr__(self): return f"ResponseCache({str(self.folder)!r}, {len(self._index)} records)"
 
     def _shard(self, key) -> Path: return self.folder / f"{key[:2]}.jsonl"
+
+    def _repair_tails(self):
+        "On open, make every shard strict JSONL again: a torn final line (a writer killed mid-record) is cut."
+        if not self.folder.is_dir(): return
+        for p in sorted(self.folder.iterdir()):
+            if not _SHARD_RE.match(p.name): continue
+            try: what = _repair_tail(p)
+            except OSError as e: what = None; warnings.warn(f"{p}: could not check its last line ({e}); read as is.")
+            if what: warnings.warn(f"{p}: {what}; it was probably torn by a killed writer. The request it held "
+                                   "is a miss and will be recomputed.", stacklevel=3)
+
+    @contextmanager
+    def claim(self, key):
+        "Hold `key`'s claim (a lock file in `.claims/`) so no other thread or process calls the LLM for it meanwhile."
+        _check_key(key)
+        with self._lock:
+            slot = self._claims.setdefault(key, [threading.Lock(), 0]); slot[1] += 1
+        try:
+            with slot[0]:
+                if fcntl is None: yield; return
+                d = self.folder / ".claims"
+                d.mkdir(parents=True, exist_ok=True)
+                if not (d / ".gitignore").exists(): (d / ".gitignore").write_text("*\n")
+                path = d / f"{key}.lock"
+                while True:   # the holder unlinks the file before releasing: lock a file that is still the one at path
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                    except FileNotFoundError: same = False
+                    if same: break
+                    os.close(fd)
+                try: yield
+                finally:
+                    try: os.unlink(path)
+                    except OSError: pass
+                    os.close(fd)
+        finally:
+            with self._lock:
+                slot[1] -= 1
+                if not slot[1]: self._claims.pop(key, None)
 
     def _refresh_all(self):
         if self.folder.is_dir():
@@ -298,8 +410,9 @@ class Ledger:
         with self._lock: self.counts[name] += n
 
     def call(self, *, key: str, model: str, outcome: str, seconds: float, attempt: int = 0,
-             prompt_tokens: int = 0, completion_tokens: int = 0, finish_reason=None, error: str | None = None):
-        "Count one HTTP attempt and append it to the ledger file."
+             prompt_tokens: int = 0, completion_tokens: int = 0, finish_reason=None, error: str | None = None,
+             endpoint: str | None = None):
+        "Count one HTTP attempt and append it to the ledger file (the error scrubbed of keys)."
         cost = self.cost(prompt_tokens, completion_tokens)
         ok = outcome in ("ok", "invalid")
         with self._lock:
@@ -311,7 +424,8 @@ class Ledger:
             row = {"ts": _now(), "key": key, "model": model, "outcome": outcome, "attempt": attempt,
                    "seconds": round(seconds, 3), "prompt_tokens": prompt_tokens,
                    "completion_tokens": completion_tokens, "cost_usd": round(cost, 8), "finish_reason": finish_reason}
-            if error: row["error"] = error[:300]
+            if error: row["error"] = scrub(str(error))[:300]
+            if endpoint: row["endpoint"] = endpoint
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _append_line(self.path, json.dumps(row, sort_keys=True, ensure_ascii=False))
 
@@ -357,10 +471,11 @@ def parse_retry_after(headers) -> float | None:
                 except (TypeError, ValueError): pass
     return None
 
-def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0, retry_after: float | None = None, rng=random) -> float:
-    "Seconds before retry number `attempt` (0-based): Retry-After if given, else capped exponential with equal jitter."
+def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0, retry_after: float | None = None, rng=random,
+                  max_retry_after: float = MAX_RETRY_AFTER) -> float:
+    "Seconds before retry number `attempt` (0-based): Retry-After if given (up to `max_retry_after`), else capped exponential with equal jitter."
     if retry_after is not None:
-        ra = min(retry_after, MAX_RETRY_AFTER)
+        ra = min(retry_after, max_retry_after)
         return ra + rng.uniform(0, min(1.0, 0.1 * ra))
     d = min(cap, base * 2 ** attempt)
     return d / 2 + rng.uniform(0, d / 2)
@@ -421,6 +536,19 @@ def repair_prompt(error: str) -> str:
     extra = " Make it shorter so that it fits." if "cut off" in error else ""
     return (f"Your previous reply was rejected: {error}. Reply again with only the corrected JSON object, "
             f"following the required schema exactly.{extra}")
+
+REPLY_BYTES_PER_TOKEN, REPLY_OVERHEAD = 32, 16384   # generous: a token is ~4 characters, at most ~6 bytes each as JSON
+QUOTE_CHARS_PER_TOKEN = 8
+
+def reply_byte_cap(max_tokens: int) -> int:
+    "Largest HTTP body accepted for a completion of at most `max_tokens` tokens; a bigger one is not a completion."
+    return REPLY_OVERHEAD + REPLY_BYTES_PER_TOKEN * int(max_tokens)
+
+def clip_reply(text: str, max_tokens: int) -> str:
+    "`text` as quoted back in a repair turn: at most 8 characters per token of `max_tokens`, never a huge reply."
+    n = max(512, QUOTE_CHARS_PER_TOKEN * int(max_tokens))
+    return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more characters cut]"
+
 
 # %% ../nbs/06_llm.ipynb #c026
 GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -611,7 +739,10 @@ class CacheMiss(LookupError):
         self.__dict__.update(info)
 
 class LLMCallError(RuntimeError):
-    "The endpoint failed: a non-retryable HTTP error, or retryable errors beyond `max_retries`."
+    "The endpoint failed: a non-retryable HTTP error, or retryable errors beyond `max_retries` (never cached)."
+    def __init__(self, message, outcome=None, status_code=None, endpoint=None):
+        super().__init__(scrub(message))
+        self.outcome, self.status_code, self.endpoint = outcome, status_code, endpoint
 
 class LLMOutputError(ValueError):
     "The model's reply was still invalid (JSON, schema or content check) after the repair turns."
@@ -623,7 +754,7 @@ class LLMOutputError(ValueError):
     def after_repairs(cls, name, key, repair_retries, errors, last_reply, replayed=False):
         "The error for a reply still invalid after `repair_retries` repair turns (live or replayed from the cache)."
         return cls(f"{name}: the reply to request {key[:12]} was still invalid after {repair_retries} repair turn(s): "
-                   f"{errors[-1]}. Last reply starts {last_reply[:300]!r}. Raise llm.max_tokens or llm.repair_retries, "
+                   f"{errors[-1]}. Last reply starts {scrub(last_reply[:300])!r}. Raise llm.max_tokens or llm.repair_retries, "
                    "simplify the schema, or use a stronger model.", key=key, errors=errors, last_reply=last_reply,
                    replayed=replayed)
 
@@ -638,9 +769,49 @@ class LLMMapError(RuntimeError):
         self.errors, self.results = errors or {}, results
 
 # %% ../nbs/06_llm.ipynb #c034
+class _BadReply(Exception):
+    "An HTTP attempt that gave no usable completion (not JSON, no choices, an error object, too big, too slow)."
+    def __init__(self, outcome, message): super().__init__(message); self.outcome = outcome
+
+def _parse_completion(body: bytes, ctype: str = ""):
+    "(text, finish_reason, usage, served model) of a chat-completion body; anything else raises `_BadReply`."
+    try: d = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        what = "an HTML page" if re.match(rb"\s*<", body[:256]) else "not JSON"
+        raise _BadReply("bad_body", f"HTTP 200 with a body that is {what} ({len(body)} bytes, Content-Type "
+                        f"{ctype or 'none'!r}, starts {body[:60].decode('utf-8', 'replace')!r})") from None
+    if not isinstance(d, dict): raise _BadReply("bad_body", f"HTTP 200 with a JSON {type(d).__name__}, not a completion")
+    ch = d.get("choices")
+    if d.get("error") is not None and not ch:
+        err = d["error"]; msg = err.get("message", err) if isinstance(err, Mapping) else err
+        raise _BadReply("error_object", f"HTTP 200 carrying an error instead of a completion: {str(msg)[:300]}")
+    if not isinstance(ch, list) or not ch:
+        raise _BadReply("no_choices", f"HTTP 200 with {'an empty' if ch == [] else 'no'} choices list (keys "
+                        f"{sorted(d)[:8]}): not a completion")
+    c0 = ch[0]; m = c0.get("message") if isinstance(c0, Mapping) else None
+    if not isinstance(m, Mapping) or not isinstance(m.get("content"), (str, type(None))):
+        raise _BadReply("bad_body", "HTTP 200 whose choices[0] has no message with a string content")
+    u = d.get("usage") if isinstance(d.get("usage"), Mapping) else {}
+    tok = lambda k: u.get(k) if _is_int(u.get(k)) and u.get(k) >= 0 else 0
+    return (m.get("content") or ""), c0.get("finish_reason"), \
+           {"prompt_tokens": tok("prompt_tokens"), "completion_tokens": tok("completion_tokens")}, d.get("model")
+
+def _where(url) -> str:
+    "An endpoint URL without any user:password part, for messages."
+    if not url: return "the local llama.cpp server"
+    p = urlsplit(url)
+    return p._replace(netloc=p.netloc.rpartition("@")[2]).geturl()
+
+def _is_loopback(host) -> bool:
+    if not host: return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"): return True
+    try: return ipaddress.ip_address(host).is_loopback
+    except ValueError: return False
+
 def _classify(e):
-    "(outcome, retryable, retry_after) of an exception raised by the openai client."
+    "(outcome, retryable, retry_after) of an exception raised by the openai client or `_post`."
     import openai
+    if isinstance(e, _BadReply): return e.outcome, True, None
     if isinstance(e, openai.APITimeoutError): return "timeout", True, None
     if isinstance(e, openai.APIConnectionError): return "connection", True, None
     if isinstance(e, openai.APIStatusError):
@@ -648,10 +819,13 @@ def _classify(e):
         return f"http_{code}", code in (408, 409, 429) or code >= 500, parse_retry_after(e.response.headers)
     return None, False, None
 
-def _usage(resp) -> dict:
-    u = getattr(resp, "usage", None)
-    pt, ct = (getattr(u, "prompt_tokens", 0) or 0), (getattr(u, "completion_tokens", 0) or 0)
-    return {"prompt_tokens": int(pt), "completion_tokens": int(ct)}
+def _shutdown(resp):
+    "Close the socket under a streaming httpx response from another thread (the watchdog of a deadline)."
+    try: sock = resp.extensions["network_stream"].get_extra_info("socket")
+    except Exception: sock = None
+    if sock is not None:
+        try: sock.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
 
 class LLMClient:
     "Cached, validated, retrying JSON chat client for any OpenAI-compatible endpoint or the local llama.cpp server."
@@ -695,9 +869,17 @@ class LLMClient:
                 url, kind = cfg.base_url, "endpoint"
                 api_key = os.environ.get(cfg.api_key_env)
                 if not api_key:
-                    warnings.warn(f"${cfg.api_key_env} is not set: calling {cfg.base_url} without an API key "
+                    warnings.warn(f"${cfg.api_key_env} is not set: calling {_where(url)} without an API key "
                                   "(fine for a local vLLM/Ollama/llama.cpp, refused by hosted APIs).")
                     api_key = "no-key"
+                else:
+                    _register_secret(api_key)
+                    p = urlsplit(url)
+                    if p.scheme == "http" and not _is_loopback(p.hostname) and not cfg.allow_insecure_http:
+                        raise LLMCallError(f"refusing to send the API key in ${cfg.api_key_env} in clear text to "
+                                           f"{_where(url)} (plain http:// to a host that is not loopback): use an "
+                                           "https:// URL, or set llm.allow_insecure_http: true if this network is "
+                                           "trusted.", outcome="insecure_http", endpoint=_where(url))
             else:
                 try:
                     self._server = LocalServer(assemble_gguf(), alias=cfg.model, threads=cfg.local_threads,
@@ -720,7 +902,7 @@ class LLMClient:
                 and getattr(e, "status_code", None) in (400, 422, 500) and "response_format" in str(e))
 
     def _explain(self, e, outcome) -> str:
-        cfg, where = self.config, self.config.base_url or "the local llama.cpp server"
+        cfg, where = self.config, _where(self.config.base_url)
         code = getattr(e, "status_code", None)
         if code in (401, 403):
             return (f"{where} refused the credentials (HTTP {code}): export a valid API key in the environment variable "
@@ -731,42 +913,80 @@ class LLMClient:
         if code in (400, 422):
             return (f"{where} rejected the request (HTTP {code}): {getattr(e, 'message', e)}. If it mentions "
                     "response_format, set llm.response_format to json_object or json_schema.")
-        return f"{where} failed with {outcome}: {e}"
+        return f"{where} failed with {outcome}: {scrub(str(e))}"
+
+    def _post(self, client, convo, decoding, rf):
+        "One HTTP attempt under a total deadline of `timeout` s and a body cap; (body, content type) of a 200."
+        cfg, cap, box, done = self.config, reply_byte_cap(decoding["max_tokens"]), {}, threading.Event()
+        deadline = time.monotonic() + cfg.timeout
+        def work():   # httpx's timeout is per socket read: a trickling server would hold it for ever
+            try:
+                with client.chat.completions.with_streaming_response.create(
+                        model=cfg.model, messages=convo, response_format=rf, timeout=cfg.timeout, **decoding) as r:
+                    box["resp"] = r.http_response
+                    n = r.headers.get("content-length", "")
+                    if n.isdigit() and int(n) > cap:
+                        raise _BadReply("oversize", f"HTTP 200 announcing a {int(n):,}-byte body, over the {cap:,}-byte "
+                                        f"cap for max_tokens={decoding['max_tokens']}: not a completion")
+                    buf = bytearray()
+                    for chunk in r.iter_bytes():
+                        if box.get("cancelled"): return
+                        buf += chunk
+                        if len(buf) > cap:
+                            raise _BadReply("oversize", f"HTTP 200 with a body over {cap:,} bytes, the cap for "
+                                            f"max_tokens={decoding['max_tokens']}: not a completion")
+                    box["body"] = (bytes(buf), r.headers.get("content-type", ""))
+            except BaseException as e: box["error"] = e
+            finally: done.set()
+        threading.Thread(target=work, name="llm-http", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            box["cancelled"] = True
+            if "resp" in box: _shutdown(box["resp"])   # the worker's read fails at once and it ends
+            raise _BadReply("timeout", f"no complete reply within the {cfg.timeout:g} s deadline (llm.timeout)")
+        if "error" in box: raise box["error"]
+        return box["body"]
 
     def _call(self, convo, decoding, key, schema, name):
         "One completion with transport retries; returns (text, finish_reason, usage, served model, seconds, attempt)."
-        client, cfg, attempt = self._openai(), self.config, 0
+        client, cfg, attempt, where = self._openai(), self.config, 0, _where(self.config.base_url)
         while True:
             rf = wire_response_format(schema, name, self._wire_format())
             t0 = time.monotonic()
             try:
                 with self._slots:
                     t0 = time.monotonic()
-                    resp = client.chat.completions.create(model=cfg.model, messages=convo, response_format=rf,
-                                                          timeout=cfg.timeout, **decoding)
+                    text, finish, u, served = _parse_completion(*self._post(client, convo, decoding, rf))
             except Exception as e:
                 outcome, retryable, retry_after = _classify(e)
                 if outcome is None: raise
+                err = scrub(str(e))
                 self.ledger.call(key=key, model=cfg.model, outcome=outcome, attempt=attempt,
-                                 seconds=time.monotonic() - t0, error=str(e))
+                                 seconds=time.monotonic() - t0, error=err, endpoint=where)
                 if self._format_rejected(e):
-                    warnings.warn(f"{cfg.base_url or 'the endpoint'} rejected response_format json_schema; using "
+                    warnings.warn(f"{where} rejected response_format json_schema; using "
                                   "json_object + schema from now on (set llm.response_format to silence this).")
                     self._wire = "json_object"; continue
-                if not retryable: raise LLMCallError(self._explain(e, outcome)) from e
+                code = getattr(e, "status_code", None)
+                if not retryable: raise LLMCallError(self._explain(e, outcome), outcome, code, where) from None
                 if attempt >= cfg.max_retries:
-                    raise LLMCallError(f"{cfg.base_url or 'the local llama.cpp server'} still failing after {attempt + 1} "
-                                       f"attempts (last: {outcome}: {str(e)[:300]}). Retry later, raise llm.max_retries "
-                                       "or llm.timeout, or lower llm.concurrency.") from e
+                    raise LLMCallError(f"{where} still failing after {attempt + 1} attempts (last: {outcome}: "
+                                       f"{err[:300]}). Nothing was cached: a rerun asks again. Retry later, raise "
+                                       "llm.max_retries or llm.timeout, or lower llm.concurrency.", outcome, code, where) from None
+                if retry_after is not None and retry_after > cfg.max_retry_after:
+                    raise LLMCallError(f"{where} answered {outcome} asking to wait {retry_after:.0f} s (Retry-After), more "
+                                       f"than llm.max_retry_after ({cfg.max_retry_after:g} s): not waiting. Nothing was "
+                                       "cached: retry later, or raise llm.max_retry_after.", outcome, code, where) from None
+                delay = backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, retry_after,
+                                      max_retry_after=cfg.max_retry_after)
+                if retry_after is not None or delay >= 5:
+                    _log.warning("%s answered %s%s; waiting %.1f s before retry %d of %d (request %s)", where, outcome,
+                                 f" with Retry-After {retry_after:g} s" if retry_after is not None else "", delay,
+                                 attempt + 1, cfg.max_retries, key[:12])
                 self.ledger.add("retries")
-                time.sleep(backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, retry_after))
+                time.sleep(delay)
                 attempt += 1
                 continue
-            secs = time.monotonic() - t0
-            ch = resp.choices[0] if resp.choices else None
-            text = (ch.message.content if ch is not None and ch.message is not None else None) or ""
-            finish, u = (ch.finish_reason if ch is not None else None), _usage(resp)
-            return text, finish, u, getattr(resp, "model", None), secs, attempt
+            return text, finish, u, served, time.monotonic() - t0, attempt
 
     def key_for(self, messages: list, schema: dict, name: str = "output", *, temperature=None, max_tokens=None,
                 seed=None) -> str:
@@ -782,38 +1002,57 @@ class LLMClient:
             raise ValueError(f"name must be 1-64 letters, digits, _ or -, got {name!r}.")
         decoding = cfg.decoding(temperature, max_tokens, seed)
         key = self.key_for(messages, schema, name, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        hit = self._replay(key, name)
+        if hit is not None: return hit[0]
+        if why := self.unavailable(): raise self._miss(key, why)
+        self._openai()   # start the backend first, so the record's seconds are the call's own
+        with self.cache.claim(key):   # one caller per key across threads and processes; others wait, then replay
+            hit = self._replay(key, name)
+            if hit is not None: return hit[0]
+            return self._ask(messages, schema, name, validator, validate, decoding, key)
+
+    def _replay(self, key, name):
+        "(parsed,) if `key` is cached, None on a miss; raises the cached `LLMOutputError` of a recorded failure."
         rec = self.cache.get(key)
         if rec is not None:
-            self.ledger.add("cache_hits"); return rec["parsed"]
+            self.ledger.add("cache_hits"); return (rec["parsed"],)
         failed = self.cache.get(failure_key(key))
-        if failed is not None and failed["repair_retries"] >= cfg.repair_retries:
+        # a failure recorded with no reply and no finish_reason was a transport failure (an old client cached
+        # `choices: []` as an empty reply): it is a miss, asked again
+        legacy_transport = failed is not None and not failed.get("response") and failed.get("finish_reason") is None
+        if failed is not None and not legacy_transport and failed["repair_retries"] >= self.config.repair_retries:
             self.ledger.add("cache_hits")
             raise LLMOutputError.after_repairs(name, key, failed["repair_retries"], failed["errors"], failed["response"],
                                                replayed=True)
-        if why := self.unavailable(): raise self._miss(key, why)
-        self._openai()   # start the backend first, so the record's seconds are the call's own
+        return None
+
+    def _ask(self, messages, schema, name, validator, validate, decoding, key):
+        "Call, check, repair and cache one request (the caller holds its claim)."
+        cfg, mt = self.config, decoding["max_tokens"]
         convo, errors, usage, t0 = list(messages), [], Counter(), time.monotonic()
         for turn in range(cfg.repair_retries + 1):
             text, finish, u, served, secs, attempt = self._call(convo, decoding, key, schema, name)
             usage.update(u)
-            obj, err = check_output(text, finish, validator, validate, decoding["max_tokens"])
+            obj, err = check_output(text, finish, validator, validate, mt)
             self.ledger.call(key=key, model=cfg.model, outcome="ok" if err is None else "invalid", attempt=attempt,
-                             seconds=secs, finish_reason=finish, error=err, **u)
+                             seconds=secs, finish_reason=finish, error=err, endpoint=_where(cfg.base_url), **u)
             if err is None: break
             errors.append(err)
             if turn < cfg.repair_retries:
                 self.ledger.add("repairs")
-                convo = convo + [{"role": "assistant", "content": text}, {"role": "user", "content": repair_prompt(err)}]
+                convo = convo + [{"role": "assistant", "content": clip_reply(text, mt)},
+                                 {"role": "user", "content": repair_prompt(err)}]
         record = {"model": cfg.model, "served_model": served, "backend": self._kind, "name": name,
                   "request": {"messages": messages, "decoding": decoding, "schema": schema},
                   "response": text, "finish_reason": finish, "usage": dict(usage),
                   "seconds": round(time.monotonic() - t0, 3), "ts": _now()}
         if err is not None:  # still invalid after the last repair turn: cache the failure so a replay repeats it
-            failure = {**record, "failure_of": key, "errors": errors, "repair_retries": cfg.repair_retries}
+            failure = scrub({**record, "failure_of": key, "errors": errors, "repair_retries": cfg.repair_retries})
             if self.cache.put(failure_key(key), failure): self.ledger.add("stored")
-            raise LLMOutputError.after_repairs(name, key, cfg.repair_retries, errors, text)
-        if self.cache.put(key, {**record, "parsed": obj, "repairs": errors}): self.ledger.add("stored")
-        return obj
+            raise LLMOutputError.after_repairs(name, key, cfg.repair_retries, failure["errors"], failure["response"])
+        rec = scrub({**record, "parsed": obj, "repairs": errors})
+        if self.cache.put(key, rec): self.ledger.add("stored")
+        return rec["parsed"]
 
     def map(self, fn: Callable, items, desc: str = "") -> list:
         "fn(item) for every item, at most `concurrency` at once, in order; failures are counted and raised at the end."
