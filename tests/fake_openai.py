@@ -1,7 +1,9 @@
 """A real HTTP server speaking the OpenAI chat-completions protocol, with scripted replies, for tests.
 
 Each POST /v1/chat/completions takes the next action of `script` (a list), or, when the script is
-empty, asks `responder(body, n)`; an action is a dict built by `ok`, `status` or `drop`. Every request
+empty, asks `responder(body, n)`; an action is a dict built by `ok`, `status`, `drop`, `raw` (any body,
+e.g. an HTML page or broken JSON, with status 200), `body` (any JSON object, e.g. `choices: []` or an
+error object, with status 200), `trickle` (a completion sent a few bytes at a time) or `huge`. Every request
 body (and its Authorization header) is recorded in `requests`, in arrival order, and the largest
 number of requests in flight at once is kept in `max_in_flight`.
 """
@@ -23,6 +25,28 @@ def status(code: int, retry_after=None, message: str = "scripted error", delay: 
 def drop(delay: float = 0.0) -> dict:
     "Close the connection without answering (a connection error for the client)."
     return {"kind": "drop", "delay": delay}
+
+
+def raw(data, code: int = 200, content_type: str = "text/html", delay: float = 0.0) -> dict:
+    "A reply with exactly these bytes (str or bytes) as its body."
+    if isinstance(data, str): data = data.encode()
+    return {"kind": "raw", "code": code, "data": data, "content_type": content_type, "delay": delay}
+
+def body(obj, code: int = 200, delay: float = 0.0) -> dict:
+    "A reply whose body is the JSON of `obj` (not necessarily a completion)."
+    return raw(json.dumps(obj), code, "application/json", delay)
+
+def trickle(content, interval: float = 0.25, chunk: int = 4, delay: float = 0.0) -> dict:
+    "A well-formed completion sent `chunk` bytes every `interval` seconds (each socket read is quick)."
+    return {**ok(content, delay=delay), "kind": "trickle", "interval": interval, "chunk": chunk}
+
+def huge(n_bytes: int, delay: float = 0.0) -> dict:
+    "A well-formed completion whose content is `n_bytes` characters of junk."
+    return ok("x" * n_bytes, delay=delay)
+
+def echo_key(code: int = 401) -> dict:
+    "An error whose message echoes the Authorization header it received (as some servers do)."
+    return {**status(code), "echo_auth": True}
 
 
 class FakeOpenAI:
@@ -70,14 +94,31 @@ class FakeOpenAI:
                         self.close_connection = True
                         self.connection.close(); return
                     if act["kind"] == "status":
-                        return self._send(act["code"], {"error": {"message": act["message"], "type": "scripted", "code": None}},
+                        msg = act["message"]
+                        if act.get("echo_auth"):
+                            msg = f"Incorrect API key provided: {self.headers.get('Authorization', '')[7:]}; you sent " \
+                                  f"Authorization: {self.headers.get('Authorization', '')}"
+                        return self._send(act["code"], {"error": {"message": msg, "type": "scripted", "code": None}},
                                           act["headers"])
+                    if act["kind"] == "raw":
+                        self.send_response(act["code"])
+                        self.send_header("Content-Type", act["content_type"])
+                        self.send_header("Content-Length", str(len(act["data"])))
+                        self.end_headers(); self.wfile.write(act["data"]); self.wfile.flush(); return
                     pt, ct = act["usage"]
-                    self._send(200, {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
+                    reply = {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
                                      "model": body.get("model", "fake-model"),
                                      "choices": [{"index": 0, "finish_reason": act["finish_reason"], "logprobs": None,
                                                   "message": {"role": "assistant", "content": act["content"]}}],
-                                     "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}})
+                                     "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
+                    if act["kind"] != "trickle": return self._send(200, reply)
+                    data = json.dumps(reply).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers(); self.wfile.flush()
+                    for i in range(0, len(data), act["chunk"]):
+                        self.wfile.write(data[i:i + act["chunk"]]); self.wfile.flush(); time.sleep(act["interval"])
                 except (BrokenPipeError, ConnectionResetError): pass   # the client gave up (timeout)
                 finally:
                     with fake._lock: fake.in_flight -= 1
