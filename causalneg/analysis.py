@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 # %% auto #0
-__all__ = ['mutual_information', 'auc', 'within_query_auc', 'auc_permutation_p', 'shortcut_metrics', 'negative_similarities',
-           'paired_test', 'mean_over_seeds', 'format_mean_std', 'significance_mark']
+__all__ = ['VERDICT_RULE', 'mutual_information', 'auc', 'within_query_auc', 'auc_permutation_p', 'shortcut_metrics',
+           'negative_similarities', 'paired_test', 'mean_over_seeds', 'format_mean_std', 'significance_mark',
+           'bootstrap_delta', 'verdict', 'per_query_shortcut', 'bootstrap_did', 'mde_paired']
 
 # %% ../nbs/12_analysis.ipynb #c005
 def mutual_information(similarity, is_generated, bins: int = 10, min_per_bin: int = 20) -> float:
@@ -110,3 +111,88 @@ def format_mean_std(values, digits: int = 3) -> str:
 def significance_mark(p: float, mean_diff: float, alpha: float = 0.05) -> str:
     "▲ significantly better, ▼ significantly worse than the reference at `alpha`, '' otherwise."
     return '' if p >= alpha or mean_diff == 0 else ('▲' if mean_diff > 0 else '▼')
+
+# %% ../nbs/12_analysis.ipynb #c101
+def _score_matrix(row: dict, name: str) -> tuple:
+    "(seed ids, set of qids) of one row {seed: {qid: score}}; every seed must cover the same queries."
+    if not isinstance(row, dict) or not row: raise ValueError(f"row {name} must be a non-empty dict {{seed: {{qid: score}}}}, got {row!r:.60}")
+    seeds = list(row)
+    qsets = [set(row[s]) for s in seeds]
+    if any(q != qsets[0] for q in qsets):
+        counts = ', '.join(f'seed {s}: {len(q)}' for s, q in zip(seeds, qsets))
+        raise ValueError(f"seeds of row {name} cover different queries ({counts}; {len(set.intersection(*qsets))} shared)")
+    return seeds, qsets[0]
+
+def _z(p: float) -> float:
+    "Standard normal quantile (stdlib: no scipy import on the first call)."
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(p)
+
+def _draw_weights(rng, n_boot: int, k: int) -> np.ndarray:
+    "n_boot x k resampling weights: how often each of k items is drawn (k draws with replacement), divided by k."
+    idx = rng.integers(0, k, (n_boot, k)) + k * np.arange(n_boot)[:, None]
+    return np.bincount(idx.ravel(), minlength=n_boot * k).reshape(n_boot, k) / k
+
+# %% ../nbs/12_analysis.ipynb #c103
+def bootstrap_delta(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    "Paired query x seed bootstrap of mean(a) - mean(b) for rows {seed: {qid: score}} on their shared queries."
+    sa, qa = _score_matrix(a, 'a'); sb, qb = _score_matrix(b, 'b')
+    qs = sorted(qa & qb, key=str)
+    if len(qs) < 2: raise ValueError(f"need at least 2 queries shared by rows a ({len(qa)} queries) and b ({len(qb)}), got {len(qs)}")
+    A = np.array([[a[s][q] for q in qs] for s in sa], dtype=float)
+    B = np.array([[b[s][q] for q in qs] for s in sb], dtype=float)
+    if not (np.isfinite(A).all() and np.isfinite(B).all()): raise ValueError("scores must be finite (found nan or inf)")
+    rng, n = np.random.default_rng(seed), len(qs)
+    wq = _draw_weights(rng, n_boot, n)                          # one query draw for both rows: paired
+    wa, wb = _draw_weights(rng, n_boot, len(sa)), _draw_weights(rng, n_boot, len(sb))  # seeds, per row
+    reps = ((wa @ A - wb @ B) * wq).sum(1)
+    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
+    se = float(reps.std(ddof=1))
+    return {'delta': float(A.mean() - B.mean()), 'ci_low': float(lo), 'ci_high': float(hi), 'se': se,
+            'mde': (_z(1 - alpha / 2) + _z(0.8)) * se, 'n_queries': n, 'seeds_a': sa, 'seeds_b': sb}
+
+# %% ../nbs/12_analysis.ipynb #c107
+VERDICT_RULE = ("Each claim states a direction (+1: the row is higher than its reference, -1: lower) and a smallest "
+    "effect of interest delta > 0 before the runs. The verdict comes from the 95% paired query x seed bootstrap CI "
+    "of the difference: 'supported' when the CI excludes 0 in the claimed direction (ci_low > 0 for +1, ci_high < 0 "
+    "for -1); 'contradicted' when it excludes 0 in the opposite direction; otherwise 'no effect' when the whole CI "
+    "lies inside [-delta, +delta] (any effect is smaller than what the claim cares about); otherwise 'inconclusive' "
+    "(the data cannot tell, typically because the minimum detectable effect exceeds delta).")
+
+def verdict(ci_low: float, ci_high: float, claimed_sign: int, delta: float) -> str:
+    "'supported', 'contradicted', 'no effect' or 'inconclusive' for a CI against a signed claim (see `VERDICT_RULE`)."
+    if isinstance(claimed_sign, bool) or claimed_sign not in (1, -1): raise ValueError(f"claimed_sign must be +1 or -1, got {claimed_sign!r}")
+    if not (isinstance(delta, (int, float, np.number)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta (smallest effect of interest) must be a finite number > 0, got {delta!r}")
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)) or ci_low > ci_high:
+        raise ValueError(f"need finite ci_low <= ci_high, got [{ci_low!r}, {ci_high!r}]")
+    lo, hi = (ci_low, ci_high) if claimed_sign == 1 else (-ci_high, -ci_low)   # flip so the claim is "higher"
+    if lo > 0: return 'supported'
+    if hi < 0: return 'contradicted'
+    if -delta <= ci_low and ci_high <= delta: return 'no effect'
+    return 'inconclusive'
+
+# %% ../nbs/12_analysis.ipynb #c110
+def per_query_shortcut(probe_rows: list, generator: str) -> dict:
+    "{qid: {'gap': mean generated - mean mined similarity, 'auc': within-query AUC}} for `generator`'s probe rows."
+    by_q = {}
+    for g, q, s, src in probe_rows:
+        if g == generator: by_q.setdefault(q, ([], []))[src != 'mined'].append(float(s))
+    out = {}
+    for q, (mined, gen) in by_q.items():
+        if not mined or not gen: continue
+        out[q] = {'gap': float(np.mean(gen) - np.mean(mined)), 'auc': auc(mined + gen, [0] * len(mined) + [1] * len(gen))}
+    return out
+
+# %% ../nbs/12_analysis.ipynb #c113
+def bootstrap_did(a: dict, b: dict, measure: str = 'gap', **kw) -> dict:
+    "`bootstrap_delta` of a per-query shortcut `measure` ('gap' or 'auc') for models {seed: per_query_shortcut output}."
+    if measure not in ('gap', 'auc'): raise ValueError(f"measure must be 'gap' or 'auc', got {measure!r}")
+    conv = lambda row: {s: {q: m[measure] for q, m in pq.items()} for s, pq in row.items()}
+    return bootstrap_delta(conv(a), conv(b), **kw)
+
+# %% ../nbs/12_analysis.ipynb #c116
+def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    "Minimum detectable mean paired difference: (z_{1-alpha/2} + z_power) * sd / sqrt(n)."
+    if n < 1 or sd < 0: raise ValueError(f"need n >= 1 and sd >= 0, got n={n}, sd={sd}")
+    return (_z(1 - alpha / 2) + _z(power)) * sd / math.sqrt(n)
