@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['METRICS', 'exact_search', 'evaluate_run', 'write_trec_run', 'read_trec_run', 'corpus_subset', 'evaluate_encoder']
+__all__ = ['METRICS', 'exact_search', 'evaluate_run', 'write_trec_run', 'read_trec_run', 'corpus_subset', 'bm25_top',
+           'build_pool', 'evaluate_encoder']
 
 # %% ../nbs/03_eval.ipynb #c005
 def exact_search(query_emb, doc_emb, doc_ids, query_ids, k: int = 100, batch_size: int = 1024) -> dict:
@@ -74,11 +75,37 @@ def corpus_subset(corpus: dict, qrels_list, n_distractors: int | None, seed: int
     picked = random.Random(seed).sample(rest, min(n_distractors, len(rest)))
     return gold + sorted(picked)
 
+# %% ../nbs/03_eval.ipynb #76dbdfc8
+def bm25_top(corpus: dict, queries: dict, qids: list, k: int) -> dict:
+    "BM25 (bm25s, English stopwords) top-`k` document ids per query: {qid: [doc_id, ...]}."
+    import bm25s
+    from causalneg.data import doc_text
+    doc_ids = list(corpus)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in doc_ids], stopwords='en', show_progress=False), show_progress=False)
+    idx, _ = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords='en', show_progress=False),
+                                k=min(k, len(doc_ids)), show_progress=False)
+    return {q: [doc_ids[i] for i in row] for q, row in zip(qids, idx)}
+
+# %% ../nbs/03_eval.ipynb #e97b6b5e
+def build_pool(qrels_list, dense_runs, bm25_runs, k_dense: int = 5, k_bm25: int = 5) -> dict:
+    "Pooled corpus: judged documents plus each query's top-`k_dense` dense and top-`k_bm25` BM25 documents."
+    for name, k in (('k_dense', k_dense), ('k_bm25', k_bm25)):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0: raise ValueError(f"{name} must be an integer >= 0, got {k!r}.")
+    judged = {d for qrels in qrels_list for docs in qrels.values() for d in docs}
+    dense = {d for run in dense_runs for docs in run.values()
+             for d in [d for d, _ in sorted(docs.items(), key=lambda x: -x[1])][:k_dense]}
+    lexical = {d for run in bm25_runs for docs in run.values() for d in docs[:k_bm25]}
+    ids = sorted(judged | dense | lexical)
+    return {'doc_ids': ids, 'size': len(ids), 'judged': len(judged), 'from_dense': len(dense - judged),
+            'from_bm25': len(lexical - judged - dense), 'k_dense': k_dense, 'k_bm25': k_bm25,
+            'queries': sum(len(q) for q in qrels_list)}
+
 # %% ../nbs/03_eval.ipynb #c016
 def evaluate_encoder(model, folder, splits=('test',), out_dir=None, cache=None, n_distractors=None,
                      subset_seed: int = 0, k: int = 100, tag: str = 'causalneg', batch_size: int = 64,
-                     show_progress: bool = True, max_queries: int | None = None) -> dict:
-    "Evaluate an encoder on splits of a BEIR folder; write runs, per-query scores and metrics.json to `out_dir`."
+                     show_progress: bool = True, max_queries: int | None = None, pool: list | None = None) -> dict:
+    "Evaluate an encoder on splits of a BEIR folder (full corpus, a subset or a `pool` of doc ids); write runs, per-query scores, metrics.json."
     from causalneg.data import load_beir, doc_text
     from causalneg.encoders import encode, model_fingerprint
     loaded = {s: load_beir(folder, s) for s in splits}
@@ -87,10 +114,18 @@ def evaluate_encoder(model, folder, splits=('test',), out_dir=None, cache=None, 
             keep = sorted(random.Random(subset_seed).sample(sorted(r), min(max_queries, len(r))))
             loaded[s] = (c, q, {k: r[k] for k in keep})
     corpus = next(iter(loaded.values()))[0]
-    doc_ids = corpus_subset(corpus, [loaded[s][2] for s in splits], n_distractors, subset_seed)
+    if pool is not None:
+        doc_ids = list(pool)
+        have = set(doc_ids); missing = sorted({d for s in splits for docs in loaded[s][2].values() for d in docs} - have)
+        if missing: raise ValueError(f"The evaluation pool lacks {len(missing)} judged documents of {list(splits)} (e.g. {missing[:3]}): "
+                                     "rebuild it for these splits (the zeroshot stage writes it).")
+        unknown = [d for d in doc_ids if d not in corpus]
+        if unknown: raise ValueError(f"The evaluation pool names {len(unknown)} documents missing from the corpus, e.g. {unknown[:3]}.")
+    else: doc_ids = corpus_subset(corpus, [loaded[s][2] for s in splits], n_distractors, subset_seed)
     fp = model_fingerprint(model)
     doc_emb = encode(model, [doc_text(corpus[d]) for d in doc_ids], 'document', cache, batch_size, show_progress, fingerprint=fp)
-    results = {'corpus_size': len(doc_ids), 'corpus_full': len(corpus), 'model_fingerprint': fp, 'splits': {}}
+    results = {'corpus_size': len(doc_ids), 'corpus_full': len(corpus), 'corpus': 'pool' if pool is not None else ('full' if n_distractors is None else 'subset'),
+               'model_fingerprint': fp, 'splits': {}}
     for s, (_, queries, qrels) in loaded.items():
         qids = list(qrels)
         q_emb = encode(model, [queries[q] for q in qids], 'query', cache, batch_size, show_progress, fingerprint=fp)

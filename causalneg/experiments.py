@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RunSettings', 'read_pools', 'training_queries', 'run_key', 'train_distributed', 'run_variant']
+__all__ = ['RunSettings', 'read_pools', 'training_queries', 'run_code', 'run_key', 'train_distributed', 'probe_sets',
+           'run_variant']
 
 # %% ../nbs/13_experiments.ipynb #c005
 @dataclass
@@ -34,6 +35,7 @@ class RunSettings:
     eval_max_seq_length: int = 256
     eval_splits: list = field(default_factory=lambda: ['test', 'fanoutqa'])
     n_distractors: int | None = 1000
+    eval_pool: str | None = None    # a pool.json (zeroshot stage): evaluate on its doc ids instead of a random subset
     max_queries: int | None = None
     subset_seed: int = 0
     threads: int = 1
@@ -44,6 +46,7 @@ class RunSettings:
     drop_reasons: list | str = 'all'  # filter reasons that keep a generated negative out of training and probes
     probe_n_mined: int = 3
     probe_n_gen: int = 3
+    probe_train_range: list | None = None  # [start, stop): train-part queries never trained on, added to the probe
 
 # %% ../nbs/13_experiments.ipynb #c006
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
@@ -61,9 +64,15 @@ def training_queries(negatives_dir, part='train', limit: int | None = None) -> l
     recs = read_jsonl(Path(negatives_dir, f'{part}_mined.jsonl'))
     return recs if limit is None else recs[:limit]
 
-def run_key(variant, seed: int, settings: RunSettings, examples: list) -> str:
-    "Hash of what determines a run's result: recipe, seed, settings and the exact training texts."
-    h = hashlib.sha256(json.dumps([asdict(variant), seed, asdict(settings)], sort_keys=True, default=str).encode())
+def run_code() -> dict:
+    "Fingerprint of the code a run executes: every package module `causalneg.experiments` imports."
+    from causalneg.provenance import code_fingerprint
+    return code_fingerprint(['causalneg.experiments'])
+
+def run_key(variant, seed: int, settings: RunSettings, examples: list, code: str | None = None) -> str:
+    "Hash of what determines a run's result: code, recipe, seed, settings and the exact training texts."
+    code = code or run_code()['_all']
+    h = hashlib.sha256(json.dumps([code, asdict(variant), seed, asdict(settings)], sort_keys=True, default=str).encode())
     for ex in examples:
         h.update(json.dumps([ex['query'], ex['positive'], [(n['source'], n['text']) for n in ex['negatives']]]).encode())
     return h.hexdigest()[:16]
@@ -82,6 +91,27 @@ def train_distributed(examples: list, config, nproc_per_node: int) -> str:
     if r.returncode: raise RuntimeError(f"torchrun failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
     return str(out / 'final')
 
+# %% ../nbs/13_experiments.ipynb #c58e1c5b
+def probe_sets(settings: RunSettings, train_queries: list) -> dict:
+    "Per generated source, the (queries, pools) of the shortcut probe: held-out queries plus `probe_train_range`."
+    s = settings
+    held, held_q = read_pools(s.negatives_dir, s.generated_dir, 'heldout'), training_queries(s.negatives_dir, 'heldout')
+    extra_q, extra = [], {}
+    if s.probe_train_range:
+        start, stop = s.probe_train_range
+        extra_q = training_queries(s.negatives_dir, 'train')[start:stop]
+        clash = {q['qid'] for q in extra_q} & {q['qid'] for q in train_queries}
+        if clash: raise ValueError(f"probe_train_range {s.probe_train_range} overlaps the training queries ({len(clash)} shared, e.g. "
+                                   f"{sorted(clash)[:3]}): start the range at or after the number of training queries.")
+        extra = read_pools(s.negatives_dir, s.generated_dir, 'train')
+    out = {}
+    for gen in ('causalneg', 'naive'):
+        if gen not in held and gen not in extra: continue
+        pools = {src: {**held.get(src, {}), **extra.get(src, {})} for src in ('mined', gen)}
+        qs = [q for q in held_q + extra_q if q['qid'] in pools[gen]]
+        out[gen] = (qs, pools)
+    return out
+
 # %% ../nbs/13_experiments.ipynb #c010
 def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: list | None = None, force: bool = False) -> dict:
     "Train (unless zero-shot), evaluate and probe one variant with one seed; reuse a finished run with the same key."
@@ -93,7 +123,8 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     s, out = settings, Path(out_dir)
     queries = queries if queries is not None else training_queries(s.negatives_dir)
     examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, 'train'), s.drop_reasons) if variant.train else []
-    key = run_key(variant, seed, s, examples)
+    code = run_code()
+    key = run_key(variant, seed, s, examples, code['_all'])
     done = out / 'run.json'
     if done.exists() and not force:
         rec = json.loads(done.read_text())
@@ -112,18 +143,17 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
         log = [r for r in json.loads(Path(cfg.output_dir, 'train_summary.json').read_text())['log_history'] if 'loss' in r]
     train_seconds = time.time() - t0; t0 = time.time()
     encoder = load_encoder(model_path, num_threads=s.threads, max_seq_length=s.eval_max_seq_length)
+    pool = json.loads(Path(s.eval_pool).read_text())['doc_ids'] if s.eval_pool else None
     metrics = evaluate_encoder(encoder, s.benchmark, splits=s.eval_splits, out_dir=out, cache=s.cache_dir, n_distractors=s.n_distractors,
-                               subset_seed=s.subset_seed, max_queries=s.max_queries, tag=f'{variant.name}-s{seed}', show_progress=False)
+                               subset_seed=s.subset_seed, max_queries=s.max_queries, tag=f'{variant.name}-s{seed}',
+                               show_progress=False, pool=pool)
     shortcut, probe_rows = {}, []
-    held = read_pools(s.negatives_dir, s.generated_dir, 'heldout')
-    held_queries = training_queries(s.negatives_dir, 'heldout')
-    for gen in ('causalneg', 'naive'):
-        if gen not in held: continue
-        probe = variant_examples(Variant('probe', 'probe', {'mined': s.probe_n_mined, gen: s.probe_n_gen}), held_queries, held, s.drop_reasons)
+    for gen, (probe_queries, probe_pools) in probe_sets(s, queries).items():
+        probe = variant_examples(Variant('probe', 'probe', {'mined': s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
         qids, sim, is_gen, src = negative_similarities(encoder, probe, cache=s.cache_dir)
         shortcut[gen] = shortcut_metrics(qids, sim, is_gen)
         probe_rows += [[gen, q, round(float(x), 6), y] for q, x, y in zip(qids, sim, src)]
-    rec = {'key': key, 'variant': variant.name, 'label': variant.label, 'seed': seed, 'recipe': asdict(variant),
+    rec = {'key': key, 'code': code, 'variant': variant.name, 'label': variant.label, 'seed': seed, 'recipe': asdict(variant),
            'negatives': negative_counts(examples) if examples else {}, 'metrics': metrics, 'shortcut': shortcut,
            'probe_similarities': probe_rows, 'train_log': log, 'train_seconds': round(train_seconds, 1),
            'eval_seconds': round(time.time() - t0, 1)}

@@ -16,8 +16,8 @@ from .losses import SOURCES, GENERATED_SOURCES, PAD_CODE, source_codes, CausalNe
 
 # %% auto #0
 __all__ = ['NEG_PREFIX', 'build_train_dataset', 'split_dev', 'default_pooling', 'ensure_eos', 'load_backbone',
-           'make_tiny_backbone', 'TrainConfig', 'CausalNegTrainer', 'JsonlLogger', 'training_args', 'train',
-           'read_examples', 'main']
+           'make_tiny_backbone', 'TrainConfig', 'warmup_linear', 'CausalNegTrainer', 'JsonlLogger', 'training_args',
+           'train', 'read_examples', 'main']
 
 # %% ../nbs/09_train.ipynb #c006
 NEG_PREFIX = "neg_"
@@ -228,6 +228,12 @@ class TrainConfig:
             raise ValueError(f"Unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}.")
         return cls(**d)
 
+# %% ../nbs/09_train.ipynb #00976cb4
+def warmup_linear(step: int, warmup: int, total: int) -> float:
+    "Learning-rate factor at optimizer step `step`: (step+1)/(warmup+1) while warming up, then linear decay, never 0 before `total`."
+    if step < warmup: return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
 # %% ../nbs/09_train.ipynb #c020
 class CausalNegTrainer(SentenceTransformerTrainer):
     "SentenceTransformerTrainer that adds `CausalNegLoss` diagnostics to its training log lines."
@@ -236,6 +242,16 @@ class CausalNegTrainer(SentenceTransformerTrainer):
         if "loss" in logs and isinstance(loss, CausalNegLoss) and loss.track_diagnostics:
             logs = {**logs, **{f"diag_{k}": round(v, 5) for k, v in loss.pop_diagnostics().items()}}
         return super().log(logs, start_time)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        "The kit's warmup + linear decay (`warmup_linear`): no optimizer step at lr 0."
+        if self.lr_scheduler is None:
+            from functools import partial
+            from torch.optim.lr_scheduler import LambdaLR
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, partial(warmup_linear, warmup=warmup, total=num_training_steps))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
 class JsonlLogger(TrainerCallback):
     "Append every log line to a JSONL file (main process only); a fresh (not resumed) run starts a new file."

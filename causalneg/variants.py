@@ -27,17 +27,19 @@ class Variant:
 def _v(name, label, lam=0.0, **neg): return Variant(name, label, neg, lam)
 
 # The main table, in the order of the architecture document. `M`/`G` are filled from params (N_m, N_g).
-def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05) -> list:
+def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_effective: float = 0.4) -> list:
     "The main-table rows for N_m mined and N_g generated negatives per query."
     M, G = n_mined, n_gen
     return [Variant('zeroshot', 'zero-shot', train=False),
             _v('random', 'random', random=M),
             _v('mined', 'mined', mined=M),
+            _v('mined_matched', f'mined, matched count ({M + G})', mined=M + G),
             _v('naive', 'naive-generated', naive=G),
             _v('cot', 'CoT-generated', causalneg=G),
             _v('mined_naive', 'mined + naive', mined=M, naive=G),
             _v('mined_cot', 'mined + CoT', mined=M, causalneg=G),
             _v('causalneg', 'mined + CoT + entropy (CausalNeg)', lambda_ent, mined=M, causalneg=G),
+            _v('causalneg_eff', f'CausalNeg at the effective weight (lambda={lambda_effective:g})', lambda_effective, mined=M, causalneg=G),
             _v('mined_naive_ent', 'mined + naive + entropy', lambda_ent, mined=M, naive=G)]
 
 def ablation_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambdas=(), taus=()) -> list:
