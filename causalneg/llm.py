@@ -185,8 +185,8 @@ def _fsync_dir(path):
         finally: os.close(fd)
     except OSError: pass  # not supported on every platform/filesystem
 
-def _append_line(path: Path, line: str, before_write=None) -> int:
-    "Append one line (a single write, then fsync) under an exclusive lock; returns the line's byte offset."
+def _append_line(path: Path, line: str, before_write=None, sync: bool = True) -> int:
+    "Append one line (a single write) under an exclusive lock, then fsync it (`sync`); returns the line's byte offset."
     new = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -199,12 +199,23 @@ def _append_line(path: Path, line: str, before_write=None) -> int:
             data = prefix + line.encode("utf-8") + b"\n"
             view = memoryview(data)
             while view: view = view[os.write(fd, view):]
-            os.fsync(fd)
-            return size + len(prefix)
+            off = size + len(prefix)
         finally: _unlock(fd)
+        # fsync outside the lock: the line is whole and visible already; other writers need not wait for the disk
+        if sync: os.fsync(fd)
+        return off
     finally:
         os.close(fd)
-        if new: _fsync_dir(path.parent)
+        if new and sync: _fsync_dir(path.parent)
+
+def _sync_file(path: Path, new: bool = False):
+    "fsync a file (and its folder, for a new file) after an unsynced `_append_line`."
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+    if new: _fsync_dir(path.parent)
 
 def _repair_tail(path: Path) -> str | None:
     "End or cut a torn final line of a shard, under its exclusive lock; returns what was done, or None."
@@ -359,6 +370,7 @@ class ResponseCache:
         try: line = json.dumps(rec, sort_keys=True, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as e: raise ValueError(f"cache record for {key[:12]} is not JSON-serialisable: {e}") from None
         path = self._shard(key)
+        new = not path.exists()
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not (self.folder / ".gitattributes").exists():
@@ -366,12 +378,13 @@ class ResponseCache:
             def fresh():  # under the file lock: another process may have stored the key meanwhile
                 self._refresh(path, locked=True)
                 return key not in self._index
-            off = _append_line(path, line, before_write=fresh)
+            off = _append_line(path, line, before_write=fresh, sync=False)
             if off < 0: return False
             self._index[key] = (path.name, off, len(line.encode("utf-8")))
             self._pos[path.name] = off + len(line.encode("utf-8")) + 1
             self._nlines[path.name] = self._nlines.get(path.name, 0) + 1
-            return True
+        _sync_file(path, new)   # durable before put returns, without holding up the other threads meanwhile
+        return True
 
     def __contains__(self, key) -> bool:
         _check_key(key)
@@ -481,14 +494,21 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0, retry_afte
     return d / 2 + rng.uniform(0, d / 2)
 
 # %% ../nbs/06_llm.ipynb #c023
+_VALIDATORS = {}   # canonical JSON of a schema -> its checked validator (checking a schema costs ~5 ms a call)
+
 def _schema_validator(schema):
     import jsonschema
     if not isinstance(schema, Mapping): raise ValueError(f"schema must be a JSON Schema dict, got {type(schema).__name__}.")
+    try: sig = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError): sig = None
+    if sig is not None and sig in _VALIDATORS: return _VALIDATORS[sig]
     cls = jsonschema.validators.validator_for(schema)
     try: cls.check_schema(schema)
     except jsonschema.SchemaError as e:
         raise ValueError(f"the schema is not a valid JSON Schema: {e.message} (at {'/'.join(map(str, e.path)) or 'the root'}).") from None
-    return cls(schema)
+    v = cls(json.loads(sig)) if sig is not None else cls(schema)   # a private copy: the caller may mutate its dict
+    if sig is not None and len(_VALIDATORS) < 1024: _VALIDATORS[sig] = v
+    return v
 
 def strict_compatible(schema) -> bool:
     "Whether a schema meets OpenAI's strict structured-output rules (every object closed, every property required)."

@@ -65,6 +65,7 @@ class FakeOpenAI:
         fake = self
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True   # headers and body are separate writes: no 40 ms delayed-ACK stall
             def log_message(self, *a): pass
             def _send(self, code, obj, headers=None):
                 data = json.dumps(obj).encode()
