@@ -811,6 +811,8 @@ def _parse_completion(body: bytes, ctype: str = ""):
     c0 = ch[0]; m = c0.get("message") if isinstance(c0, Mapping) else None
     if not isinstance(m, Mapping) or not isinstance(m.get("content"), (str, type(None))):
         raise _BadReply("bad_body", "HTTP 200 whose choices[0] has no message with a string content")
+    if not m.get("content") and c0.get("finish_reason") is None:   # nothing generated and not finished either
+        raise _BadReply("bad_body", "HTTP 200 whose choices[0] has no content and no finish_reason: not a completion")
     u = d.get("usage") if isinstance(d.get("usage"), Mapping) else {}
     tok = lambda k: u.get(k) if _is_int(u.get(k)) and u.get(k) >= 0 else 0
     return (m.get("content") or ""), c0.get("finish_reason"), \

@@ -322,3 +322,15 @@ def test_a_key_pasted_into_api_key_env_is_refused_without_printing_it():
         assert "NAME of an environment variable" in str(ei.value) and bad not in str(ei.value)
         assert SECRET[8:] not in str(ei.value)
     assert LLMConfig(api_key_env="CAUSALNEG_TEST_KEY").api_key_env == "CAUSALNEG_TEST_KEY"
+
+
+def test_an_unfinished_empty_choice_is_transport_but_a_finished_empty_reply_is_content(fake, tmp_path):
+    fake.script = [body({"choices": [{"index": 0, "message": {"role": "assistant", "content": None}}]}),
+                   ok({"answer": "Paris"})]
+    c = client(fake, tmp_path)
+    assert c.chat_json(MSGS, SCHEMA) == {"answer": "Paris"}
+    assert c.ledger.summary()["outcomes"] == {"bad_body": 1, "ok": 1}
+    fake.script = [ok("")] * 2                                                   # finish_reason "stop", empty
+    c2 = client(fake, tmp_path, repair_retries=1)
+    with pytest.raises(LLMOutputError, match="empty"):
+        c2.chat_json([{"role": "user", "content": "again"}], SCHEMA)
