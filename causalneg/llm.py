@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping   # (typing.Mapping makes every isinstance check slow)
 from urllib.parse import urlsplit
 
 try: import fcntl
@@ -254,6 +254,7 @@ class ResponseCache:
         self._nlines = {}    # shard name -> lines consumed (for warnings)
         self.skipped = []    # (path, line number, excerpt) of unreadable lines
         self._claims = {}    # key -> [thread lock, users]: one caller per key within this process
+        self._ready = set()  # folders (the cache's, .claims) already created with their git files
         self._repair_tails()
         self._refresh_all()
 
@@ -281,8 +282,10 @@ class ResponseCache:
             with slot[0]:
                 if fcntl is None: yield; return
                 d = self.folder / ".claims"
-                d.mkdir(parents=True, exist_ok=True)
-                if not (d / ".gitignore").exists(): (d / ".gitignore").write_text("*\n")
+                if "claims" not in self._ready or not d.is_dir():
+                    d.mkdir(parents=True, exist_ok=True)
+                    if not (d / ".gitignore").exists(): (d / ".gitignore").write_text("*\n")
+                    self._ready.add("claims")
                 path = d / f"{key}.lock"
                 while True:   # the holder unlinks the file before releasing: lock a file that is still the one at path
                     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -372,9 +375,11 @@ class ResponseCache:
         path = self._shard(key)
         new = not path.exists()
         with self._lock:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if not (self.folder / ".gitattributes").exists():
-                (self.folder / ".gitattributes").write_text("# append-only JSONL: a union merge keeps both sides' records\n*.jsonl merge=union\n")
+            if "folder" not in self._ready or not self.folder.is_dir():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                if not (self.folder / ".gitattributes").exists():
+                    (self.folder / ".gitattributes").write_text("# append-only JSONL: a union merge keeps both sides' records\n*.jsonl merge=union\n")
+                self._ready.add("folder")
             def fresh():  # under the file lock: another process may have stored the key meanwhile
                 self._refresh(path, locked=True)
                 return key not in self._index
