@@ -8,8 +8,8 @@ import os, re, sys, time, json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'strip_progress', 'render_html', 'run_notebook', 'lookup', 'parse_parameters',
-           'deep_merge', 'use_profile', 'main']
+__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'strip_progress', 'render_html', 'run_notebook', 'lookup',
+           'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #c005
 PIPELINE_DIR = Path('nbs/pipeline')
@@ -97,6 +97,8 @@ def parse_parameters(args: list, params_file='params.yaml') -> dict:
     return params
 
 # %% ../nbs/10_pipeline.ipynb #c012
+PROFILE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
+
 def deep_merge(base: dict, overlay: dict) -> dict:
     "A copy of `base` with `overlay` merged in recursively (overlay wins; lists are replaced whole)."
     out = dict(base)
@@ -104,16 +106,61 @@ def deep_merge(base: dict, overlay: dict) -> dict:
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -> dict:
-    "Merge `profiles/NAME.yaml` into `params.yaml` and record the profile's name there."
+def _round_trip():
+    "A ruamel YAML instance that keeps comments, quotes and flow lists."
+    from ruamel.yaml import YAML
+    y = YAML(); y.preserve_quotes = True; y.width = 4096
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar('tag:yaml.org,2002:null', 'null'))
+    return y
+
+def _flow(value):
+    "Lists as flow sequences (`[a, b]`), the style of params.yaml."
+    from ruamel.yaml.comments import CommentedSeq, CommentedMap
+    if isinstance(value, list):
+        s = CommentedSeq([_flow(v) for v in value]); s.fa.set_flow_style(); return s
+    if isinstance(value, dict):
+        m = CommentedMap(); m.update({k: _flow(v) for k, v in value.items()}); m.fa.set_flow_style(); return m
+    return value
+
+def _overlay(tree, overlay: dict, source, path=()):
+    "Set every value of `overlay` in the round-trip `tree`, refusing keys the default does not have."
+    for k, v in overlay.items():
+        where = '.'.join(path + (str(k),))
+        if k not in tree:
+            raise KeyError(f"{source} sets `{where}`, which the default profile does not have "
+                           f"(known there: {sorted(map(str, tree))}). Is it misspelt?")
+        if isinstance(v, dict) and isinstance(tree[k], dict): _overlay(tree[k], v, source, path + (str(k),))
+        else: tree[k] = _flow(v)
+
+# %% ../nbs/10_pipeline.ipynb #8c1bbbba
+def read_profile(name: str, profiles_dir='profiles') -> dict:
+    "The overlay `profiles/NAME.yaml` as a dict, with errors that name the file."
     import yaml
+    if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
+        raise ValueError(f"Profile name {name!r} is not a plain name (letters, digits, '_' and '-'): profiles live in {profiles_dir}/.")
     path = Path(profiles_dir) / f'{name}.yaml'
     if not path.exists():
         raise FileNotFoundError(f"No profile {path}. Available: {sorted(p.stem for p in Path(profiles_dir).glob('*.yaml'))}")
-    params = deep_merge(yaml.safe_load(Path(params_file).read_text()) or {}, yaml.safe_load(path.read_text()) or {})
-    params['profile'] = name
-    Path(params_file).write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
-    return params
+    try: data = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except yaml.YAMLError as e: raise ValueError(f"{path} is not valid YAML: {e}") from None
+    if data is None: return {}
+    if not isinstance(data, dict): raise ValueError(f"{path} must hold a mapping of parameters, got a {type(data).__name__}.")
+    return data
+
+def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -> dict:
+    "Write `params_file` as the default profile plus the overlay `profiles/NAME.yaml` (comments kept); return the values."
+    import io, yaml
+    base = Path(profiles_dir) / 'default.yaml'
+    if not base.exists(): raise FileNotFoundError(f"No {base}: the commented default profile every other profile overlays.")
+    text = base.read_text(encoding='utf-8')
+    if name != 'default':
+        overlay = read_profile(name, profiles_dir)
+        y = _round_trip(); tree = y.load(text)
+        _overlay(tree, {k: v for k, v in overlay.items() if k != 'profile'}, Path(profiles_dir) / f'{name}.yaml')
+        tree['profile'] = name
+        buf = io.StringIO(); y.dump(tree, buf); text = buf.getvalue()
+    Path(params_file).write_text(text, encoding='utf-8')
+    return yaml.safe_load(text)
 
 # %% ../nbs/10_pipeline.ipynb #c014
 def main(argv=None):

@@ -44,7 +44,8 @@ def test_stages_write_reports(project):
     for f in ['reports/dataset_card.md', 'reports/benchmark.html', 'reports/zeroshot.html',
               'reports/figures/zeroshot_ndcg.png', 'data/wikivital/corpus.jsonl', 'results/zeroshot/test.run',
               'reports/mine.html', 'reports/generate.html', 'reports/generation_report.md', 'reports/experiments.html',
-              'reports/main_table.md', 'reports/claims.md', 'reports/figures/shortcut.png', 'reports/figures/sensitivity.png',
+              'reports/main_table.md', 'reports/claims.md', 'reports/claims.json', 'reports/figures/shortcut.png',
+              'reports/figures/sensitivity.png', 'reports/figures/main_table.png', 'results/zeroshot/pool.json',
               'reports/tables.html']:
         assert (dest / f).stat().st_size > 0, f
     html = (dest / 'reports/zeroshot.html').read_text()
@@ -55,6 +56,9 @@ def test_zeroshot_metrics(project):
     dest, _, _ = project
     m = json.loads((dest / 'reports/metrics/zeroshot.json').read_text())
     assert m['corpus_size'] < m['corpus_full'] == 10033
+    pool = m['pool']
+    assert pool['splits'] == ['test', 'fanoutqa'] and pool['queries'] == 40 and pool['judged'] <= pool['size'] < 10033
+    assert set(pool['splits_metrics']) == {'test', 'fanoutqa'}
     for split in ('test', 'fanoutqa'):
         s = m['splits'][split]
         assert s['queries'] == 20
@@ -90,7 +94,20 @@ def test_main_table_and_claims(project):
     for label in ('zero-shot', 'mined', 'mined + CoT', 'mined + CoT + entropy (CausalNeg)'):
         assert f'| {label} ' in table, label
     claims = (dest / 'reports/claims.md').read_text()
-    assert claims.count('| **') == 4, claims
+    verdicts = json.loads((dest / 'reports/claims.json').read_text())
+    assert claims.count('| **') == len(verdicts) == 7, claims
+    assert {c['claim'] for c in verdicts} == {1, 2, 3, 4} and sum(c['claim'] == 4 for c in verdicts) == 4
+    assert all(c['verdict'] in ('supported', 'contradicted', 'no effect', 'inconclusive') for c in verdicts)
+    ran = {c['comparison']: c for c in verdicts}['causalneg_eff - mined']
+    assert ran['delta'] is None and ran['note'] == 'rows not run'  # the smoke profile does not train that row
+    c2 = {c['comparison']: c for c in verdicts}['mined_cot - mined']
+    assert c2['n_queries'] > 0 and c2['ci_low'] <= c2['delta'] <= c2['ci_high'] and c2['mde'] > 0
+    per_query = (dest / 'reports/per_query/metrics.csv').read_text().splitlines()
+    assert per_query[0] == 'variant,seed,split,qid,ndcg@10,recall@100,mrr@10' and len(per_query) == 1 + 7 * 2 * 20
+    main = json.loads((dest / 'reports/metrics/main.json').read_text())
+    assert main['mined']['train_queries'] == 5 and main['mined']['seeds'] == [0] and main['mined']['queries'] == {'test': 20, 'fanoutqa': 20}
+    html = (dest / 'reports/tables.html').read_text()
+    assert html.count('data:image/png;base64') >= 3, 'the figures must be inline in the rendered report'
     runs = json.loads((dest / 'results/runs/index.json').read_text())['runs']
     assert set(runs) == {'zeroshot-s0', 'mined-s0', 'mined_cot-s0', 'causalneg-s0', 'causalneg_no_balance-s0',
                          'causalneg_lambda_0.2-s0', 'causalneg_tau_0.5-s0'}
