@@ -8,8 +8,17 @@ import os, re, sys, time, json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'strip_progress', 'render_html', 'run_notebook', 'lookup',
-           'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'main']
+__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'render_html', 'run_notebook',
+           'lookup', 'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'main']
+
+# %% ../nbs/10_pipeline.ipynb #root-def
+def project_root(start=None) -> Path:
+    "The repository root: the nearest folder at or above `start` (default: the cwd) holding `dvc.yaml` and `settings.ini`."
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / 'dvc.yaml').is_file() and (d / 'settings.ini').is_file(): return d
+    raise FileNotFoundError(f"{here} is not inside the causalneg project: no folder at or above it holds both dvc.yaml and "
+                            "settings.ini. Open the notebook from a checkout of the repository, or cd into one.")
 
 # %% ../nbs/10_pipeline.ipynb #c005
 PIPELINE_DIR = Path('nbs/pipeline')
@@ -42,23 +51,26 @@ def render_html(notebook, html_path):
 # %% ../nbs/10_pipeline.ipynb #c006
 def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELINE_DIR, reports_dir=REPORTS_DIR,
                  kernel: str = 'python3', output_name: str | None = None) -> Path:
-    "Execute `pipeline_dir/NAME.ipynb` with papermill; keep the executed copy and its HTML under `reports_dir`."
+    "Execute `pipeline_dir/NAME.ipynb` from the repo root with papermill; keep the executed copy and its HTML under `reports_dir`."
     try: import papermill as pm
     except ImportError:  # DVC runs `python` from PATH: `.venv/bin/dvc repro` alone does not put .venv/bin on it
         raise ImportError(f"papermill is not installed for {sys.executable}. DVC runs the stages with the `python` on PATH: "
                           "run `make repro`, or `source .venv/bin/activate` before `dvc repro`.") from None
-    src = Path(pipeline_dir) / f'{name}.ipynb'
+    root = project_root()  # the stage's paths are relative to it, wherever in the checkout this runs
+    pipeline_dir, reports_dir = root / pipeline_dir, root / reports_dir
+    src = pipeline_dir / f'{name}.ipynb'
     if not src.exists():
-        raise FileNotFoundError(f"No pipeline notebook {src}. Available: {sorted(p.stem for p in Path(pipeline_dir).glob('*.ipynb'))}")
+        raise FileNotFoundError(f"No pipeline notebook {src}. Available: {sorted(p.stem for p in pipeline_dir.glob('*.ipynb'))}")
     output_name = output_name or name  # one notebook run many times (a variant x seed) keeps one report per run
-    out = Path(reports_dir) / 'notebooks' / f'{output_name}.ipynb'
+    out = reports_dir / 'notebooks' / f'{output_name}.ipynb'
     out.parent.mkdir(parents=True, exist_ok=True)  # papermill refuses a missing output folder
     start = time.time()
     try:
-        pm.execute_notebook(str(src), str(out), parameters=parameters or {}, kernel_name=kernel, progress_bar=False,
-                            log_output=True, cwd=os.getcwd())
+        # paths relative to this process's cwd: the executed copy's metadata names no machine's folders
+        pm.execute_notebook(os.path.relpath(src), os.path.relpath(out), parameters=parameters or {}, kernel_name=kernel, progress_bar=False,
+                            log_output=True, cwd=str(root))
     finally:
-        if out.exists(): render_html(out, Path(reports_dir) / f'{output_name}.html')  # a failed run is worth reading too
+        if out.exists(): render_html(out, reports_dir / f'{output_name}.html')  # a failed run is worth reading too
     print(f'[causalneg] {output_name}: {time.time() - start:.1f} s', file=sys.stderr)
     return out
 
@@ -170,12 +182,13 @@ def main(argv=None):
         print(main.__doc__); return 0
     if argv[0] == 'use-profile':
         if len(argv) != 2: raise SystemExit('usage: python -m causalneg.pipeline use-profile NAME')
-        use_profile(argv[1]); print(f'params.yaml now uses profile {argv[1]!r}'); return 0
+        root = project_root()
+        use_profile(argv[1], root / 'params.yaml', root / 'profiles'); print(f'params.yaml now uses profile {argv[1]!r}'); return 0
     name, rest, opts = argv[0], argv[1:], {'--as': None, '--reports': REPORTS_DIR}
     while rest[:1] and rest[0] in opts:
         if len(rest) < 2: raise SystemExit(f'{rest[0]} needs a value')
         opts[rest[0]], rest = rest[1], rest[2:]
-    run_notebook(name, parse_parameters(rest), reports_dir=opts['--reports'], output_name=opts['--as'])
+    run_notebook(name, parse_parameters(rest, project_root() / 'params.yaml'), reports_dir=opts['--reports'], output_name=opts['--as'])
     return 0
 
 # %% ../nbs/10_pipeline.ipynb #c015
