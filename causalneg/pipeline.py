@@ -4,12 +4,12 @@
 
 # %% ../nbs/10_pipeline.ipynb #c003
 from __future__ import annotations
-import os, re, sys, time, json
+import os, re, sys, time, json, copy, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'render_html', 'run_notebook',
-           'lookup', 'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'main']
+__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'run_notebook', 'scrub_paths',
+           'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #root-def
 def project_root(start=None) -> Path:
@@ -25,28 +25,30 @@ PIPELINE_DIR = Path('nbs/pipeline')
 REPORTS_DIR = Path('reports')
 
 _PROGRESS = re.compile(r'\d+%\|.*\|.*(it/s|s/it|example/s|\?it/s)')
+# stderr lines that say nothing about the run: tqdm without ipywidgets, the kernel's debugger notes, a font-cache build
+_NOISE = re.compile(r'TqdmWarning: IProgress not found|^\d+\.\d+s - |Matplotlib is building the font cache')
+
+def _keep_lines(text: str) -> list:
+    "The lines of a stderr stream minus progress bars and known noise (and the source line a dropped warning echoes)."
+    keep, echo = [], False
+    for l in re.split(r'[\r\n]+', text):
+        if echo and l[:1] in (' ', '\t'): continue
+        echo = bool(_NOISE.search(l))
+        if l.strip() and not echo and not _PROGRESS.search(l): keep.append(l)
+    return keep
 
 def strip_progress(nb):
-    "Drop progress-bar lines from stderr outputs: useful live in the terminal, noise in a report."
+    "Drop progress bars and noise-only warnings from stderr outputs: useful live in the terminal, noise in a report."
     for cell in nb.cells:
         keep = []
         for out in cell.get('outputs', []):
             if out.get('output_type') == 'stream' and out.get('name') == 'stderr':
-                lines = [l for l in re.split(r'[\r\n]+', out.get('text', '')) if l.strip() and not _PROGRESS.search(l)]
+                lines = _keep_lines(out.get('text', ''))
                 if not lines: continue
                 out['text'] = '\n'.join(lines) + '\n'
             keep.append(out)
         if 'outputs' in cell: cell['outputs'] = keep
     return nb
-
-def render_html(notebook, html_path):
-    "Render an executed notebook to one self-contained HTML file (images embedded, progress bars dropped)."
-    import nbformat
-    from nbconvert import HTMLExporter
-    nb = strip_progress(nbformat.read(str(notebook), as_version=4))
-    body, _ = HTMLExporter(embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
-    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(html_path).write_text(body, encoding='utf-8')
 
 # %% ../nbs/10_pipeline.ipynb #c006
 def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELINE_DIR, reports_dir=REPORTS_DIR,
@@ -73,6 +75,57 @@ def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELIN
         if out.exists(): render_html(out, reports_dir / f'{output_name}.html')  # a failed run is worth reading too
     print(f'[causalneg] {output_name}: {time.time() - start:.1f} s', file=sys.stderr)
     return out
+
+# %% ../nbs/10_pipeline.ipynb #scrub-def
+_TEXT_MIMES = ('text/plain', 'text/html', 'text/markdown', 'text/latex')
+
+def _path_subs(roots=()) -> list:
+    "(pattern, replacement) pairs that make machine-specific absolute paths portable, most specific first."
+    subs = [(re.compile(r"(?:/[^\s'\"<>:/]+)+/((?:site|dist)-packages)/"), r'\1/')]  # an installed package, in any venv
+    for r in sorted({str(Path(r).resolve()) for r in roots if r}, key=len, reverse=True):
+        subs += [(re.compile(re.escape(r) + '/'), ''), (re.compile(re.escape(r) + r'(?![\w.-])'), '.')]
+    if str(Path.home()) != '/': subs.append((re.compile(re.escape(str(Path.home())) + '(?=/)'), '~'))
+    for t in ('/private/tmp', '/var/tmp', tempfile.gettempdir(), '/tmp'):  # a temp folder: only its last part is kept
+        subs.append((re.compile(re.escape(t) + r"/(?:[^\s'\"<>:/]+/)*"), '$TMPDIR/'))
+    return subs
+
+def scrub_paths(nb, roots=()):
+    "Make absolute paths in outputs and injected parameters portable: relative to `roots`, `site-packages/`, `~`, `$TMPDIR`."
+    subs = _path_subs(roots)
+    def fix(s):
+        if not isinstance(s, str): return [fix(x) for x in s]
+        for pat, rep in subs: s = pat.sub(rep, s)
+        return s
+    for cell in nb.cells:
+        if 'injected-parameters' in cell.get('metadata', {}).get('tags', []): cell['source'] = fix(cell['source'])
+        for out in cell.get('outputs', []):
+            if 'text' in out: out['text'] = fix(out['text'])
+            for m in _TEXT_MIMES:
+                if m in out.get('data', {}): out['data'][m] = fix(out['data'][m])
+            if out.get('output_type') == 'error': out['traceback'], out['evalue'] = fix(out.get('traceback', [])), fix(out.get('evalue', ''))
+    return nb
+
+# %% ../nbs/10_pipeline.ipynb #render-def
+def _roots(*places) -> list:
+    "The project roots at or above `places` (those that are inside one)."
+    found = []
+    for p in places:
+        try: found.append(project_root(p))
+        except FileNotFoundError: pass
+    return found
+
+def render_html(notebook, html_path, roots=None):
+    "Render a notebook (a path or a node) to one self-contained HTML file: images embedded, noise and machine paths dropped."
+    import nbformat
+    from nbconvert import HTMLExporter
+    is_path = isinstance(notebook, (str, os.PathLike))
+    nb = nbformat.read(str(notebook), as_version=4) if is_path else copy.deepcopy(notebook)
+    roots = _roots(Path(html_path).resolve().parent, os.getcwd()) if roots is None else roots
+    nb = scrub_paths(strip_progress(nb), roots)
+    body, _ = HTMLExporter(embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+        nb, resources={'metadata': {'name': Path(notebook if is_path else html_path).stem}})
+    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(html_path).write_text(body, encoding='utf-8')
 
 # %% ../nbs/10_pipeline.ipynb #c009
 def _scalar(value: str):
