@@ -15,19 +15,37 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test export-check llm llm-cache clean-venv
+.PHONY: setup repro test export-check llm llm-cache clean-venv lock
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-data.txt setup.py settings.ini
+$(STAMP): requirements.lock requirements-data.txt setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q pip==26.3
 	# torch first and alone, pinned: anything unpinned would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements.txt
+	# the lock (every package ==, with sha256 hashes: pip checks them all); torch, already there, is kept
+	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -r requirements-data.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Refreshing the lock: requirements.txt is what we ask for, requirements.lock (generated, committed) is
+# what `make setup` installs: every package pinned with == and its sha256 hashes (pip-compile from
+# pip-tools, pip's own resolver, so torch resolves to the CPU wheel on disk as `pip install` does).
+# After editing requirements.txt run `make lock`: pinned versions already in requirements.lock are kept
+# where requirements.txt still allows them, and only what changed is resolved anew. `make lock UPGRADE=1`
+# moves every package to the newest release requirements.txt allows. pip-compile writes the local wheel's
+# version, torch==2.13.0+cpu; the sed turns it back into torch==2.13.0 so the lock also fits a GPU machine,
+# where `make setup` has already installed PyPI's (CUDA) torch 2.13.0 before the lock is read.
+# Commit requirements.lock with requirements.txt, then run `make setup` and `make test`.
+# requirements-data.txt (exact pins, --no-deps) is not part of the lock.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip-tools==7.6.2
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) -o requirements.lock requirements.txt
+	sed -i 's/^torch==2\.13\.0+cpu /torch==2.13.0 /' requirements.lock
 
 repro: setup
 	$(BIN)/dvc repro
