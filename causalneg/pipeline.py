@@ -9,7 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'run_notebook', 'scrub_paths',
-           'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'main']
+           'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'render_docs',
+           'write_index', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #root-def
 def project_root(start=None) -> Path:
@@ -25,8 +26,8 @@ PIPELINE_DIR = Path('nbs/pipeline')
 REPORTS_DIR = Path('reports')
 
 _PROGRESS = re.compile(r'\d+%\|.*\|.*(it/s|s/it|example/s|\?it/s)')
-# stderr lines that say nothing about the run: tqdm without ipywidgets, the kernel's debugger notes, a font-cache build
-_NOISE = re.compile(r'TqdmWarning: IProgress not found|^\d+\.\d+s - |Matplotlib is building the font cache')
+# stderr lines that say nothing about the run: tqdm without ipywidgets, the kernel's debugger and transport notes, a font-cache build
+_NOISE = re.compile(r'TqdmWarning: IProgress not found|^\d+\.\d+s - |Kernel is running over TCP without encryption|Matplotlib is building the font cache')
 
 def _keep_lines(text: str) -> list:
     "The lines of a stderr stream minus progress bars and known noise (and the source line a dropped warning echoes)."
@@ -227,12 +228,157 @@ def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -
     Path(params_file).write_text(text, encoding='utf-8')
     return yaml.safe_load(text)
 
+# %% ../nbs/10_pipeline.ipynb #docs-cells
+def _directives(source: str) -> dict:
+    "The nbdev directives at the top of a cell (`#| key: value` or `#| flag`) as {key: value}."
+    out = {}
+    for l in source.splitlines():
+        if not l.strip(): continue
+        if not l.startswith('#|'): break
+        k, *v = l[2:].split(maxsplit=1) or ['']
+        out[k.rstrip(':')] = v[0].strip() if v else ''
+    return out
+
+def _skip_reason(source: str, flags) -> str | None:
+    "Why `nbdev_test` would not run this code cell (`eval: false`, a test flag, a call of nbdev's export), else None."
+    d = _directives(source)
+    if d.get('eval', '').lower() == 'false': return 'eval: false'
+    if set(flags) & set(d): return ', '.join(sorted(set(flags) & set(d)))
+    if 'nbdev_export' + '(' in source: return 'nbdev_export'
+    return None
+
+def _docs_view(nb):
+    "The notebook as its page shows it: `hide` cells dropped, leading directive lines removed from the code."
+    cells = []
+    for c in nb.cells:
+        if c.cell_type == 'code':
+            if 'hide' in _directives(c.source): continue
+            lines = c.source.splitlines()
+            while lines and (lines[0].startswith('#|') or not lines[0].strip()): lines = lines[1:]
+            c.source = '\n'.join(lines)
+            if not c.source.strip() and not c.get('outputs'): continue
+        cells.append(c)
+    nb.cells = cells
+    return nb
+
+# %% ../nbs/10_pipeline.ipynb #docs-def
+def _test_flags(root) -> list:
+    "The `tst_flags` of `settings.ini`: cells with these flags are not run by `nbdev_test`, nor for the docs."
+    import configparser
+    cfg = configparser.ConfigParser(); cfg.read(Path(root) / 'settings.ini')
+    return cfg['DEFAULT'].get('tst_flags', '').split()
+
+def _library_notebooks(root, names=None) -> list:
+    "The library notebooks `nbs/NN_*.ipynb` (all, or those named by stem or path), with a clear error for a missing one."
+    have = sorted((Path(root) / 'nbs').glob('[0-9][0-9]_*.ipynb'))
+    if names is None: return have
+    picked = [Path(n) if str(n).endswith('.ipynb') else Path(root) / 'nbs' / f'{n}.ipynb' for n in names]
+    missing = [str(p) for p in picked if not p.is_file()]
+    if missing: raise FileNotFoundError(f"No notebook {', '.join(missing)}. Library notebooks: {[p.stem for p in have]}")
+    return picked
+
+def render_docs(out='reports/docs', notebooks=None, timeout=900, skip_flags=None, root=None) -> dict:
+    "Execute library notebooks from the repo root and render each, outputs included, to `out/NAME.html`; return each one's status."
+    import nbformat
+    from nbclient import NotebookClient
+    root = Path(root) if root else project_root()
+    out, flags = root / out, _test_flags(root) if skip_flags is None else list(skip_flags)
+    env = {**os.environ, 'IN_TEST': '1'}  # as under nbdev_test: an exported `if __name__ == '__main__'` CLI stays quiet
+    for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): env.setdefault(k, '1')
+    done = {}
+    for path in _library_notebooks(root, notebooks):
+        nb, t0 = nbformat.read(str(path), as_version=4), time.time()
+        for c in nb.cells:
+            why = _skip_reason(c.source, flags) if c.cell_type == 'code' else None
+            if why: c.metadata.setdefault('tags', []).append('skip-execution'); c.outputs = []; c.source = f'# (not run here: {why})\n' + c.source
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name='python3', skip_cells_with_tag='skip-execution',
+                           resources={'metadata': {'path': str(root)}}).execute(env=env)
+            status = 'ok'
+        except Exception as e:  # the page still shows every cell up to the failure, and its error
+            status = f"failed: {getattr(e, 'ename', type(e).__name__)}: {str(getattr(e, 'evalue', '') or '')[:200]}".rstrip(': ')
+        render_html(_docs_view(nb), out / f'{path.stem}.html', roots=[root])
+        done[path.stem] = {'status': status, 'seconds': round(time.time() - t0, 1)}
+        print(f"[causalneg] docs {path.stem}: {status} ({done[path.stem]['seconds']} s)", file=sys.stderr)
+    return done
+
+# %% ../nbs/10_pipeline.ipynb #index-def
+_SECTIONS = [  # (title, test on the path relative to reports/): a file goes to the first section that takes it
+    ('Pipeline reports', lambda p: len(p.parts) == 1 and p.suffix == '.html'),
+    ('Claims', lambda p: len(p.parts) == 1 and p.stem == 'claims'),
+    ('Tables', lambda p: len(p.parts) == 1 and p.suffix in ('.md', '.csv')),
+    ('Figures', lambda p: p.parts[0] == 'figures' and p.suffix.lower() in ('.png', '.svg', '.jpg', '.jpeg', '.gif')),
+    ('Metrics', lambda p: p.parts[0] == 'metrics'),
+    ('Per-query results', lambda p: p.parts[0] == 'per_query'),
+    ('Library notebooks', lambda p: p.parts[0] == 'docs' and p.suffix == '.html'),
+    ('Executed pipeline notebooks', lambda p: p.parts[0] == 'notebooks'),
+    ('Other files', lambda p: True)]
+
+_INDEX_CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}li{margin:.25em 0}.size{color:#888;font-size:.85em}
+.figs{display:flex;flex-wrap:wrap;gap:1em}.figs a{text-decoration:none;color:#222;text-align:center;font-size:.85em}
+.figs img{display:block;width:260px;height:180px;object-fit:contain;border:1px solid #ddd;background:#fff}
+pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.8em}"""
+
+def _size(n: int) -> str:
+    "A file size for people: B, kB or MB."
+    return f'{n} B' if n < 1000 else f'{n / 1000:.0f} kB' if n < 10 ** 6 else f'{n / 10 ** 6:.1f} MB'
+
+def write_index(reports='reports', out=None) -> Path:
+    "Write `reports/index.html`: one offline page linking every report, table, figure (a thumbnail), metric and docs page."
+    import html
+    from urllib.parse import quote
+    reports = Path(reports) if Path(reports).is_absolute() else project_root() / reports
+    out = Path(out) if out else reports / 'index.html'
+    files = sorted(p.relative_to(reports) for p in reports.rglob('*') if p.is_file() and p.resolve() != out.resolve()
+                   and not any(part.startswith('.') for part in p.relative_to(reports).parts))
+    groups = {title: [] for title, _ in _SECTIONS}
+    for f in files: groups[next(title for title, takes in _SECTIONS if takes(f))].append(f)
+    body = [f'<h1>causalneg reports</h1><p>{len(files)} files under <code>{html.escape(reports.name)}/</code>: what the pipeline '
+            'wrote (<code>make repro</code>) and the executed library notebooks (<code>make docs</code>). Every link is relative.</p>']
+    for title, items in groups.items():
+        if not items: continue
+        body.append(f'<h2>{title}</h2>')
+        link = lambda f: html.escape(quote(Path(os.path.relpath(reports / f, out.parent)).as_posix()))
+        if title == 'Figures':
+            body.append('<div class="figs">' + ''.join(f'<a href="{link(f)}"><img src="{link(f)}" alt="{html.escape(f.name)}" loading="lazy">'
+                                                       f'{html.escape(f.name)}</a>' for f in items) + '</div>')
+            continue
+        rows = []
+        for f in items:
+            size = (reports / f).stat().st_size
+            row = f'<li><a href="{link(f)}">{html.escape(f.as_posix())}</a> <span class="size">{_size(size)}</span>'
+            if f.suffix == '.md' and size < 50_000:
+                row += f'<details><summary>show</summary><pre>{html.escape((reports / f).read_text(encoding="utf-8", errors="replace"))}</pre></details>'
+            rows.append(row + '</li>')
+        body.append('<ul>' + ''.join(rows) + '</ul>')
+    page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>causalneg reports</title><style>{_INDEX_CSS}</style></head>'
+            f'<body>\n' + '\n'.join(body) + '\n</body></html>\n')
+    out.parent.mkdir(parents=True, exist_ok=True); out.write_text(page, encoding='utf-8')
+    return out
+
 # %% ../nbs/10_pipeline.ipynb #c014
+def _docs_main(argv) -> int:
+    "`docs [--out DIR] [--reports DIR] [--timeout S] [NOTEBOOK ...]`: render library notebooks, then the index; `index`: the index only."
+    opts, names, rest = {'--out': 'reports/docs', '--reports': 'reports', '--timeout': '900'}, [], argv[1:]
+    while rest:
+        if rest[0] in opts:
+            if len(rest) < 2: raise SystemExit(f'{rest[0]} needs a value')
+            opts[rest[0]], rest = rest[1], rest[2:]
+        else: names, rest = names + [rest[0]], rest[1:]
+    if argv[0] == 'index' and names: raise SystemExit('usage: python -m causalneg.pipeline index [--reports DIR]')
+    done = render_docs(opts['--out'], names or None, timeout=float(opts['--timeout'])) if argv[0] == 'docs' else {}
+    print(f"[causalneg] index: {write_index(opts['--reports'])}", file=sys.stderr)
+    failed = [n for n, r in done.items() if r['status'] != 'ok']
+    if failed: print(f"[causalneg] docs: failed (their pages show the error): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
 def main(argv=None):
-    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...` or `use-profile NAME`."
+    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...` or `use-profile NAME` or `docs`/`index` (see `_docs_main`)."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
         print(main.__doc__); return 0
+    if argv[0] in ('docs', 'index'): return _docs_main(argv)
     if argv[0] == 'use-profile':
         if len(argv) != 2: raise SystemExit('usage: python -m causalneg.pipeline use-profile NAME')
         root = project_root()
