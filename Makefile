@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test export-check llm llm-cache clean-venv lock
+.PHONY: setup repro test export-check llm llm-cache clean-venv lock docs lab
 
 setup: $(STAMP)
 
@@ -61,6 +61,23 @@ export-check: setup
 test: export-check
 	$(BIN)/nbdev_test --n_workers 1 --timing
 	$(BIN)/python -m pytest -q tests
+
+# Library notebooks (nbs/NN_*.ipynb) executed from the repo root and rendered with their outputs to
+# reports/docs/NAME.html (offline, self-contained), then reports/index.html: one page linking every report,
+# table, figure, metric and docs page. Cells run as under nbdev_test (slow/llm cells shown, not run).
+# DOCS=10_pipeline renders only the named notebooks; DOCS_TIMEOUT bounds each cell (seconds).
+DOCS ?=
+DOCS_TIMEOUT ?= 900
+docs: setup
+	$(BIN)/python -m causalneg.pipeline docs --timeout $(DOCS_TIMEOUT) $(DOCS)
+
+# JupyterLab on the project (root dir: the repo; pipeline notebooks move to the root themselves), local only.
+# Open the URL with the token that jupyter prints below; Ctrl-C stops it. LAB_PORT=8890 for another port.
+LAB_PORT ?= 8888
+lab: setup
+	@echo "JupyterLab: http://127.0.0.1:$(LAB_PORT)/lab (the full URL, with its token, follows)"
+	$(BIN)/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	  --ServerApp.root_dir="$(CURDIR)"
 
 # Optional local LLM backend (only needed to regenerate LLM outputs that the shipped cache lacks).
 # Compiles llama.cpp from the PyPI sdist (10-12 minutes on 2 cores), then assembles and verifies the
