@@ -374,10 +374,10 @@ def _docs_main(argv) -> int:
     return 1 if failed else 0
 
 def main(argv=None):
-    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...` or `use-profile NAME` or `docs`/`index` (see `_docs_main`)."
+    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...`, `use-profile NAME`, or `docs`/`index`."
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help'):
-        print(main.__doc__); return 0
+    if not argv or argv[0] in ('-h', '--help') or (argv[0] in ('docs', 'index') and {'-h', '--help'} & set(argv)):
+        print(main.__doc__ + '\n' + _docs_main.__doc__); return 0
     if argv[0] in ('docs', 'index'): return _docs_main(argv)
     if argv[0] == 'use-profile':
         if len(argv) != 2: raise SystemExit('usage: python -m causalneg.pipeline use-profile NAME')
