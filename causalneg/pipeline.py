@@ -239,6 +239,12 @@ def _directives(source: str) -> dict:
         out[k.rstrip(':')] = v[0].strip() if v else ''
     return out
 
+def _directives_block(lines: list) -> list:
+    "The leading lines of a cell that are nbdev directives (or blank)."
+    n = 0
+    while n < len(lines) and (lines[n].startswith('#|') or not lines[n].strip()): n += 1
+    return lines[:n]
+
 def _skip_reason(source: str, flags) -> str | None:
     "Why `nbdev_test` would not run this code cell (`eval: false`, a test flag, a call of nbdev's export), else None."
     d = _directives(source)
@@ -254,8 +260,7 @@ def _docs_view(nb):
         if c.cell_type == 'code':
             if 'hide' in _directives(c.source): continue
             lines = c.source.splitlines()
-            while lines and (lines[0].startswith('#|') or not lines[0].strip()): lines = lines[1:]
-            c.source = '\n'.join(lines)
+            c.source = '\n'.join(lines[len(_directives_block(lines)):])
             if not c.source.strip() and not c.get('outputs'): continue
         cells.append(c)
     nb.cells = cells
@@ -290,7 +295,10 @@ def render_docs(out='reports/docs', notebooks=None, timeout=900, skip_flags=None
         nb, t0 = nbformat.read(str(path), as_version=4), time.time()
         for c in nb.cells:
             why = _skip_reason(c.source, flags) if c.cell_type == 'code' else None
-            if why: c.metadata.setdefault('tags', []).append('skip-execution'); c.outputs = []; c.source = f'# (not run here: {why})\n' + c.source
+            if not why: continue
+            c.metadata.setdefault('tags', []).append('skip-execution'); c.outputs = []
+            lines = c.source.splitlines(); n = len(_directives_block(lines))  # the note goes after the directives
+            c.source = '\n'.join(lines[:n] + [f'# (not run here: {why})'] + lines[n:])
         try:
             NotebookClient(nb, timeout=timeout, kernel_name='python3', skip_cells_with_tag='skip-execution',
                            resources={'metadata': {'path': str(root)}}).execute(env=env)

@@ -68,6 +68,7 @@ def test_render_docs_executes_library_notebooks_from_the_root(tmp_path):
     assert 'data:image/png;base64,' in html and '/tmp/' not in html and str(tmp_path) not in html
     assert 'hidden cell' not in html and 'default_exp' not in html and '#| export' not in html
     assert 'not run here: slow' in html and 'must not run' in html  # shown, not run (no traceback)
+    assert '#| slow' not in html
     assert 'Traceback' not in html
     page = write_index(tmp_path / 'reports').read_text()
     assert 'href="docs/01_x.html"' in page
