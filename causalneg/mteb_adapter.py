@@ -4,11 +4,12 @@
 
 # %% ../nbs/14_mteb.ipynb #c003
 from __future__ import annotations
-import argparse, json, random, sys
+import argparse, json, random, re, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['METRICS', 'beir_task', 'evaluate_mteb', 'main']
+__all__ = ['METRICS', 'INSTRUCTION_TEMPLATES', 'beir_task', 'resolve_model_folder', 'task_version', 'task_instruction',
+           'evaluate_mteb', 'main']
 
 # %% ../nbs/14_mteb.ipynb #c005
 METRICS = {'ndcg_at_10': 'ndcg@10', 'recall_at_100': 'recall@100', 'mrr_at_10': 'mrr@10'}
@@ -47,44 +48,180 @@ def beir_task(folder, split: str = 'test', name: str | None = None, n_distractor
             sample_creation=None, bibtex_citation='')
         def load_data(self, num_proc=None, **kwargs):
             self.dataset = {'default': {split: data}}; self.data_loaded = True
-    return BeirFolderTask()
+    task = BeirFolderTask()
+    task.local_source = {'folder': str(folder), 'split': split, 'n_distractors': n_distractors, 'max_queries': max_queries,
+                         'subset_seed': subset_seed, 'n_queries': len(qrels), 'n_documents': len(doc_ids)}   # recorded with the scores
+    return task
+
+# %% ../nbs/14_mteb.ipynb #c006b
+_MODEL_FILES = ('modules.json', 'config.json')   # a sentence-transformers model, or a plain Hugging Face one
+
+def _holds_model(d: Path) -> bool:
+    return d.is_dir() and any((d / f).is_file() for f in _MODEL_FILES)
+
+def _newest_checkpoint(d: Path) -> Path | None:
+    "The `checkpoint-N` folder with the largest N under `d` that holds a model."
+    cps = [p for p in d.glob('checkpoint-*') if p.name.rsplit('-', 1)[-1].isdigit() and _holds_model(p)] if d.is_dir() else []
+    return max(cps, key=lambda p: int(p.name.rsplit('-', 1)[-1])) if cps else None
+
+def resolve_model_folder(name_or_path) -> tuple[str, str | None]:
+    "The model to load for `name_or_path` (a model folder, a run folder, or a name) and a note saying how a run folder was resolved."
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if not p.exists():
+        parent = p.parent
+        if s.startswith(('.', '/', '~')) or s.count('/') > 1 or '\\' in s or (str(parent) != '.' and parent.is_dir()):
+            runs = sorted(x.name for x in parent.iterdir() if x.is_dir()) if parent.is_dir() else []
+            raise FileNotFoundError(f"No such model folder: {s!r}" + (f" ({parent} holds: {', '.join(runs[:20])})." if runs else "."))
+        return s, None                              # a Hub name or the packaged alias: the loader knows it
+    if not p.is_dir(): raise NotADirectoryError(f"{s!r} is a file; pass a model folder or a run folder.")
+    if _holds_model(p): return s, None
+    if _holds_model(p / 'final'):
+        return str(p / 'final'), f"{s} is a run folder: loading its final model {p / 'final'}"
+    if cp := _newest_checkpoint(p / 'checkpoints') or _newest_checkpoint(p):
+        return str(cp), f"{s} is a run folder without a final model: loading its newest checkpoint {cp}"
+    held = sorted(x.name + ('/' if x.is_dir() else '') for x in p.iterdir())
+    raise FileNotFoundError(
+        f"No model in {s!r}. Looked for a model folder ({' or '.join(_MODEL_FILES)}) at {p}, at {p / 'final'} (a run's "
+        f"final model) and at {p / 'checkpoints'}/checkpoint-N (its newest checkpoint). It holds: "
+        f"{', '.join(held[:20]) + (' ...' if len(held) > 20 else '') if held else 'nothing'}. A run that is still in its "
+        "first epoch, or one trained with save_final=False and save_strategy='no', has no model to evaluate.")
+
+def _training_query_prompt(model_path: str, requested: str) -> str | None:
+    "The `query_prompt` the run was trained with, from its train_summary.json (not stored in the model itself)."
+    m = Path(model_path)
+    for d in dict.fromkeys([Path(requested), m, m.parent, m.parent.parent]):
+        f = d / 'train_summary.json'
+        if f.is_file():
+            try: return (json.loads(f.read_text()).get('config') or {}).get('query_prompt')
+            except (OSError, ValueError): return None
+    return None
 
 # %% ../nbs/14_mteb.ipynb #c007
-def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress: bool = False) -> dict:
-    "Run MTEB `tasks` (names or task objects) on a sentence-transformers `model`: {task: {split: {metric: value}}}."
+INSTRUCTION_TEMPLATES = {'qwen3': 'Instruct: {instruction}\nQuery:'}   # how mteb's Qwen3-Embedding loader wraps a task's instruction
+
+def task_version(name: str) -> str:
+    "mteb's version of a task, from its name (`HotpotQAHardNegatives.v2` -> 'v2'; names without a suffix are 'v1')."
+    m = re.search(r'\.v(\d+)$', name)
+    return f'v{m.group(1)}' if m else 'v1'
+
+def task_instruction(task) -> str:
+    "The query instruction mteb gives instruction models on `task`: the task's own prompt, else its task type's default."
+    p = task.metadata.prompt
+    if isinstance(p, dict): p = p.get('query')
+    return p or getattr(type(task), 'abstask_prompt', '') or ''
+
+def _wrap(model, tasks, query_prompt=None, document_prompt=None, instruction_template=None):
+    "An mteb encoder for a SentenceTransformer with the prompts to use (its own, overridden by the arguments)."
+    from sentence_transformers import SentenceTransformer
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    if not isinstance(model, SentenceTransformer):
+        if query_prompt is not None or document_prompt is not None or instruction_template:
+            raise ValueError("query_prompt, document_prompt and instruction_template apply to SentenceTransformer models only.")
+        return model
+    prompts = {k: v for k, v in (model.prompts or {}).items() if v is not None}
+    if query_prompt is not None: prompts['query'] = query_prompt
+    if document_prompt is not None: prompts['document'] = document_prompt
+    if instruction_template:
+        tpl = INSTRUCTION_TEMPLATES.get(instruction_template, instruction_template)
+        if '{instruction}' not in tpl:
+            raise ValueError(f"instruction_template must contain '{{instruction}}' or be one of {sorted(INSTRUCTION_TEMPLATES)}, got {instruction_template!r}.")
+        for t in tasks: prompts[f'{t.metadata.name}-query'] = tpl.format(instruction=task_instruction(t))
+    wrapper = SentenceTransformerEncoderWrapper(model)
+    # set directly: mteb drops task-name keys it does not know (a local BEIR task), and must not rewrite model.prompts
+    wrapper.model_prompts = prompts or None
+    return wrapper
+
+def _prompts_used(model_prompts, metadata) -> dict:
+    "The prompt name and text mteb picks for queries and documents of one task (its own lookup order)."
+    from mteb.models.abs_encoder import get_prompt_name
+    from mteb.types import PromptType
+    out = {}
+    for pt in (PromptType.query, PromptType.document):
+        name = get_prompt_name(model_prompts, metadata, pt) if model_prompts else None
+        out[pt.value] = {'name': name, 'text': model_prompts[name] if name else None}
+    return out
+
+def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress: bool = False,
+                  query_prompt: str | None = None, document_prompt: str | None = None,
+                  instruction_template: str | None = None, model_info: dict | None = None) -> dict:
+    "Run MTEB `tasks` (names or task objects) on a sentence-transformers `model`: {'scores': {task: {split: {metric: value}}}, provenance}."
     mteb = _require_mteb()
     if isinstance(tasks, (str, Path)) or not isinstance(tasks, (list, tuple)): tasks = [tasks]
     names = [t for t in tasks if isinstance(t, str)]
     objs = [t for t in tasks if not isinstance(t, str)]
     if names: objs += list(mteb.get_tasks(tasks=names))
-    result = mteb.evaluate(model, objs, cache=None, show_progress_bar=show_progress)
-    out = {}
+    encoder = _wrap(model, objs, query_prompt, document_prompt, instruction_template)
+    result = mteb.evaluate(encoder, objs, cache=None, show_progress_bar=show_progress)
+    by_name = {t.metadata.name: t for t in objs}
+    prompts = getattr(encoder, 'model_prompts', None)
+    scores, meta = {}, {}
     for tr in result.task_results:
-        out[tr.task_name] = {split: {ours: float(scores[0][theirs]) for theirs, ours in METRICS.items() if theirs in scores[0]}
-                             for split, scores in tr.scores.items()}
+        scores[tr.task_name] = {split: {ours: float(s[0][theirs]) for theirs, ours in METRICS.items() if theirs in s[0]}
+                                for split, s in tr.scores.items()}
+        t = by_name.get(tr.task_name)
+        md = t.metadata if t is not None else None
+        meta[tr.task_name] = {
+            'version': task_version(tr.task_name), 'mteb_version': tr.mteb_version,
+            'dataset': dict(md.dataset) if md else None, 'dataset_revision': tr.dataset_revision,
+            'superseded_by': md.superseded_by if md else None, 'adapted_from': list(md.adapted_from or []) if md else None,
+            'type': md.type if md else None, 'main_score': md.main_score if md else None,
+            'eval_splits': list(md.eval_splits) if md else None, 'task_prompt': md.prompt if md else None,
+            'instruction': task_instruction(t) if t is not None else None,
+            'prompts': _prompts_used(prompts, md) if md else None,
+            'local_source': getattr(t, 'local_source', None), 'evaluation_time': tr.evaluation_time}
+    st = getattr(encoder, 'model', model)
+    out = {'scores': scores, 'mteb_version': mteb.__version__,
+           'model': {**(model_info or {}), 'mteb_name': result.model_name, 'mteb_revision': result.model_revision,
+                     'own_prompts': dict(getattr(st, 'prompts', None) or {}) or None,
+                     'default_prompt_name': getattr(st, 'default_prompt_name', None),
+                     'query_prompt': query_prompt, 'document_prompt': document_prompt,
+                     'instruction_template': INSTRUCTION_TEMPLATES.get(instruction_template, instruction_template),
+                     'prompts': prompts},
+           'tasks': meta}
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(out, indent=1) + '\n')
+        Path(output).write_text(json.dumps(out, indent=1, default=str) + '\n')
     return out
 
 # %% ../nbs/14_mteb.ipynb #c012
 def main(argv=None):
     "CLI: `python -m causalneg.mteb_adapter MODEL (--task NAME | --beir FOLDER [--split S]) [--out FILE]`."
     p = argparse.ArgumentParser(prog='python -m causalneg.mteb_adapter', description=main.__doc__)
-    p.add_argument('model', help="a sentence-transformers name or folder (e.g. models/causalneg-s0), or 'packaged:all-MiniLM-L6-v2'")
+    p.add_argument('model', help="a sentence-transformers name or folder, a run folder (e.g. models/causalneg-s0: its final/ "
+                                 "model, else its newest checkpoint), or 'packaged:all-MiniLM-L6-v2'")
     p.add_argument('--task', action='append', default=[], help='an MTEB task name, e.g. HotpotQAHardNegatives (needs the Hub)')
     p.add_argument('--beir', help='a local BEIR folder, evaluated offline')
     p.add_argument('--split', default='test')
     p.add_argument('--n-distractors', type=int, default=None)
     p.add_argument('--max-queries', type=int, default=None)
     p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--out', help='write the scores as JSON here')
+    p.add_argument('--query-prompt', help="text put before every query (replaces the model's own 'query' prompt)")
+    p.add_argument('--document-prompt', help="text put before every document (replaces the model's own 'document' prompt)")
+    p.add_argument('--instruction-template', help="give queries each task's own instruction in this template ('{instruction}' "
+                   "marks the place), or 'qwen3' for Qwen3-Embedding's, as mteb scores it; task versions differ in their instructions")
+    p.add_argument('--out', help='write the scores and what produced them (task versions, prompts, model folder) as JSON here')
     a = p.parse_args(argv)
     if not a.task and not a.beir: p.error('give at least one --task or a --beir folder')
-    from causalneg.encoders import load_encoder
+    try: path, note = resolve_model_folder(a.model)
+    except OSError as e: p.error(str(e))
+    if note: print(f'mteb_adapter: {note}', file=sys.stderr)
+    from causalneg.encoders import load_encoder, resolve_model_path
     tasks = list(a.task) + ([beir_task(a.beir, a.split, n_distractors=a.n_distractors, max_queries=a.max_queries)] if a.beir else [])
-    scores = evaluate_mteb(load_encoder(a.model, num_threads=a.threads, offline=not a.task), tasks, a.out)
-    print(json.dumps(scores, indent=1))
+    model = load_encoder(path, num_threads=a.threads, offline=not a.task)
+    trained = _training_query_prompt(path, a.model) if Path(path).exists() else None
+    if trained and a.query_prompt is None and not (model.prompts or {}).get('query'):
+        print(f"mteb_adapter: the run was trained with query_prompt={trained!r}, which the saved model does not carry; "
+              "pass --query-prompt to evaluate with it", file=sys.stderr)
+    info = {'requested': a.model, 'path': path, 'loaded_from': resolve_model_path(path), 'resolved': note,
+            'training_query_prompt': trained}
+    rec = evaluate_mteb(model, tasks, a.out, query_prompt=a.query_prompt, document_prompt=a.document_prompt,
+                        instruction_template=a.instruction_template, model_info=info)
+    for name, t in rec['tasks'].items():
+        if t.get('superseded_by'):
+            print(f"mteb_adapter: mteb marks {name} as superseded by {t['superseded_by']}; these scores are for "
+                  f"{name} ({t['version']}), as the score file records", file=sys.stderr)
+    print(json.dumps(rec, indent=1, default=str))
     return 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m`, not a notebook
