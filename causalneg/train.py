@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #c003
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, os, sys
+import argparse, dataclasses, hashlib, json, math, os, re, sys
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from collections.abc import Sequence
@@ -12,12 +12,13 @@ import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from transformers import TrainerCallback
+from .encoders import DEVICES, resolve_device
 from .losses import SOURCES, GENERATED_SOURCES, PAD_CODE, source_codes, CausalNegLoss, diagnostic_keys
 
 # %% auto #0
 __all__ = ['NEG_PREFIX', 'build_train_dataset', 'split_dev', 'default_pooling', 'ensure_eos', 'load_backbone',
-           'make_tiny_backbone', 'TrainConfig', 'warmup_linear', 'CausalNegTrainer', 'JsonlLogger', 'training_args',
-           'train', 'read_examples', 'main']
+           'make_tiny_backbone', 'TrainConfig', 'warmup_linear', 'CausalNegTrainer', 'ProgressLine', 'JsonlLogger',
+           'training_args', 'train', 'read_examples', 'main']
 
 # %% ../nbs/09_train.ipynb #c006
 NEG_PREFIX = "neg_"
@@ -193,7 +194,7 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = True
     output_dir: str = "models/run"
-    device: str = "cpu"                       # "cpu", or "auto" for GPUs (torchrun/accelerate for several)
+    device: str = "cpu"                       # causalneg.encoders.DEVICES: "auto" takes a GPU when present (torchrun for several)
     num_threads: int | None = 1               # CPU threads (None: leave as is)
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -207,14 +208,15 @@ class TrainConfig:
     logging_steps: int = 10
     resume: bool = False                      # continue from the last checkpoint in output_dir
     save_final: bool = True
+    progress: bool = True                     # one progress line per run on stderr: step, loss, ETA
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "logging_steps"):
             if getattr(self, name) < 1: raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError("TrainConfig needs epochs > 0 or max_steps > 0.")
-        if self.device not in ("cpu", "auto", "cuda", "mps"):
-            raise ValueError(f"TrainConfig.device must be 'cpu', 'auto', 'cuda' or 'mps', got {self.device!r}.")
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
+            raise ValueError(f"TrainConfig.device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}.")
         if self.eval_strategy not in ("steps", "epoch"):
             raise ValueError(f"TrainConfig.eval_strategy must be 'steps' or 'epoch', got {self.eval_strategy!r}.")
         if self.save_strategy not in ("no", "steps", "epoch"):
@@ -253,6 +255,21 @@ class CausalNegTrainer(SentenceTransformerTrainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+class ProgressLine(TrainerCallback):
+    "A tqdm line per run (main process): optimizer step of total, rate, ETA and the last logged loss."
+    def __init__(self, desc: str): self.desc, self.bar = desc, None
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero: return
+        from tqdm.std import tqdm  # plain text, not widgets: the same line in a terminal, a log file and a notebook
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
+                        file=sys.stderr, mininterval=1.0, dynamic_ncols=False, ncols=100)
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs: self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
 class JsonlLogger(TrainerCallback):
     "Append every log line to a JSONL file (main process only); a fresh (not resumed) run starts a new file."
     def __init__(self, path): self.path = Path(path)
@@ -289,7 +306,7 @@ def training_args(config: TrainConfig, has_dev: bool):
         per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
         gradient_accumulation_steps=c.grad_accum, learning_rate=c.lr, warmup_steps=c.warmup_ratio,
         weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, data_seed=c.seed,
-        use_cpu=c.device == "cpu", bf16=c.bf16, **({"activation_checkpointing": True} if c.gradient_checkpointing else {}),
+        use_cpu=resolve_device(c.device) == "cpu", bf16=c.bf16, **({"activation_checkpointing": True} if c.gradient_checkpointing else {}),
         eval_strategy=eval_strategy, eval_steps=steps if eval_strategy == "steps" else None,
         save_strategy=save_strategy, save_steps=steps if save_strategy == "steps" else c.save_steps,
         save_total_limit=c.save_total_limit, load_best_model_at_end=early,
@@ -321,13 +338,13 @@ def train(examples: Sequence[dict], config: TrainConfig | None = None, dev_examp
     dev_ds = build_train_dataset(dev_examples) if dev_examples else None
     if model is None:
         model = load_backbone(c.model, pooling=c.pooling, max_seq_length=c.max_seq_length, append_eos=c.append_eos,
-                              device="cpu" if c.device == "cpu" else None)
+                              device="cpu" if resolve_device(c.device) == "cpu" else None)
     loss = CausalNegLoss(model, temperature=c.temperature, lambda_ent=c.lambda_ent, tau_ent=c.tau_ent,
                          entropy_term=c.entropy_term, balance_term=c.balance_term,
                          in_batch_negatives=c.in_batch_negatives)
     out = Path(c.output_dir)
     args = training_args(c, dev_ds is not None)
-    callbacks = [JsonlLogger(out / "train_log.jsonl")]
+    callbacks = [JsonlLogger(out / "train_log.jsonl")] + ([ProgressLine(out.name)] if c.progress else [])
     if dev_ds is not None and c.early_stopping_patience is not None:
         callbacks.append(transformers.EarlyStoppingCallback(early_stopping_patience=c.early_stopping_patience))
     trainer = CausalNegTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, loss=loss, callbacks=callbacks)
@@ -339,7 +356,7 @@ def train(examples: Sequence[dict], config: TrainConfig | None = None, dev_examp
         info = {"config": asdict(c), "n_train": len(train_ds), "n_dev": len(dev_ds) if dev_ds is not None else 0,
                 "max_negatives": len([x for x in train_ds.column_names if x.startswith(NEG_PREFIX)]),
                 "global_step": trainer.state.global_step, "world_size": trainer.args.world_size, "best_checkpoint": trainer.state.best_model_checkpoint,
-                "resumed_from": resume, "log_history": trainer.state.log_history}
+                "resumed_from": resume, "device": resolve_device(c.device), "log_history": trainer.state.log_history}
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_summary.json").write_text(json.dumps(info, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()
