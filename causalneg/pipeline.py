@@ -8,9 +8,9 @@ import os, re, sys, time, json, copy, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'run_notebook', 'scrub_paths',
-           'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile', 'use_profile', 'render_docs',
-           'write_index', 'main']
+__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'LiveStream', 'run_notebook',
+           'scrub_paths', 'offline_html', 'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile',
+           'use_profile', 'render_docs', 'write_index', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #root-def
 def project_root(start=None) -> Path:
@@ -25,21 +25,32 @@ def project_root(start=None) -> Path:
 PIPELINE_DIR = Path('nbs/pipeline')
 REPORTS_DIR = Path('reports')
 
-_PROGRESS = re.compile(r'\d+%\|.*\|.*(it/s|s/it|example/s|\?it/s)')
+# a tqdm frame: "desc:  50%|#####     | 5/10 [00:05<00:05, 1.0step/s]" (any unit, scaled counts such as 1.2M/9.8M)
+_PROGRESS = re.compile(r'\d+%\|[^|]*\|\s*[\d.]+[kMGTP]?/[\d.?]+[kMGTP]?\s*\[')
+_BAR = re.compile(r'^(?P<desc>.*?)\s*\d+%\|')
 # stderr lines that say nothing about the run: tqdm without ipywidgets, the kernel's debugger and transport notes, a font-cache build
 _NOISE = re.compile(r'TqdmWarning: IProgress not found|^\d+\.\d+s - |Kernel is running over TCP without encryption|Matplotlib is building the font cache')
 
+def _bar_key(line: str) -> str | None:
+    "The bar a progress frame belongs to (its description), or None for a line that is not a frame."
+    m = _BAR.match(line) if _PROGRESS.search(line) else None
+    return m['desc'] if m else None
+
 def _keep_lines(text: str) -> list:
-    "The lines of a stderr stream minus progress bars and known noise (and the source line a dropped warning echoes)."
-    keep, echo = [], False
+    "A stderr stream's lines minus known noise (and the source line a dropped warning echoes), each bar reduced to its last frame."
+    keep, echo, bars = [], False, {}
     for l in re.split(r'[\r\n]+', text):
         if echo and l[:1] in (' ', '\t'): continue
         echo = bool(_NOISE.search(l))
-        if l.strip() and not echo and not _PROGRESS.search(l): keep.append(l)
+        if not l.strip() or echo: continue
+        bar = _bar_key(l)
+        if bar is None: keep.append(l)
+        elif bar in bars: keep[bars[bar]] = l  # a later frame replaces the earlier one in place
+        else: bars[bar] = len(keep); keep.append(l)
     return keep
 
 def strip_progress(nb):
-    "Drop progress bars and noise-only warnings from stderr outputs: useful live in the terminal, noise in a report."
+    "Keep the last frame of each progress bar (the record of that step) and drop noise-only warnings from stderr outputs."
     for cell in nb.cells:
         keep = []
         for out in cell.get('outputs', []):
@@ -50,6 +61,29 @@ def strip_progress(nb):
             keep.append(out)
         if 'outputs' in cell: cell['outputs'] = keep
     return nb
+
+# %% ../nbs/10_pipeline.ipynb #live-def
+_ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')  # cursor moves and colours that tqdm and loggers emit
+
+class LiveStream:
+    "A kernel's stdout/stderr relayed as it arrives: as is to a terminal; to a pipe or log, one clean line per update."
+    def __init__(self, target, every: float = 10.0, clock=time.monotonic):
+        self.target, self.every, self.clock = target, every, clock
+        self.tty = hasattr(target, 'isatty') and target.isatty()
+        self.last, self.shown = {}, {}  # bar -> time of its last line, bar -> that line
+    def write(self, text: str):
+        if self.tty: self.target.write(text); return
+        for line in re.split(r'[\r\n]+', _ANSI.sub('', text)):
+            if not line.strip(): continue
+            bar = _bar_key(line)
+            if bar is None: self.target.write(line + '\n'); continue
+            now, done = self.clock(), bool(re.search(r'\b100%\|', line))
+            if line == self.shown.get(bar): continue  # tqdm redraws the final frame when it closes
+            if done or now - self.last.get(bar, -1e18) >= self.every:
+                self.target.write(line + '\n'); self.last[bar], self.shown[bar] = now, line
+    def flush(self):
+        try: self.target.flush()
+        except (AttributeError, ValueError): pass
 
 # %% ../nbs/10_pipeline.ipynb #c006
 def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELINE_DIR, reports_dir=REPORTS_DIR,
@@ -71,7 +105,7 @@ def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELIN
     try:
         # paths relative to this process's cwd: the executed copy's metadata names no machine's folders
         pm.execute_notebook(os.path.relpath(src), os.path.relpath(out), parameters=parameters or {}, kernel_name=kernel, progress_bar=False,
-                            log_output=True, cwd=str(root))
+                            stdout_file=LiveStream(sys.stdout), stderr_file=LiveStream(sys.stderr), cwd=str(root))
     finally:
         if out.exists(): render_html(out, reports_dir / f'{output_name}.html')  # a failed run is worth reading too
     print(f'[causalneg] {output_name}: {time.time() - start:.1f} s', file=sys.stderr)
@@ -115,6 +149,14 @@ def _roots(*places) -> list:
         except FileNotFoundError: pass
     return found
 
+_REMOTE = re.compile(r'<script[^>]*\bsrc="(?:https?:)?//[^"]*"[^>]*>\s*</script>\s*'
+                     r'|<link[^>]*\bhref="(?:https?:)?//[^"]*"[^>]*>\s*'
+                     r'|<script type="text/x-mathjax-config">.*?</script>\s*', re.S)
+
+def offline_html(body: str) -> str:
+    "Drop the scripts and styles nbconvert loads from a CDN (require.js, MathJax, mermaid): a static report needs none."
+    return _REMOTE.sub('', body)
+
 def render_html(notebook, html_path, roots=None):
     "Render a notebook (a path or a node) to one self-contained HTML file: images embedded, noise and machine paths dropped."
     import nbformat
@@ -126,7 +168,7 @@ def render_html(notebook, html_path, roots=None):
     body, _ = HTMLExporter(embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
         nb, resources={'metadata': {'name': Path(notebook if is_path else html_path).stem}})
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(html_path).write_text(body, encoding='utf-8')
+    Path(html_path).write_text(offline_html(body), encoding='utf-8')
 
 # %% ../nbs/10_pipeline.ipynb #c009
 def _scalar(value: str):
