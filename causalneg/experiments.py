@@ -39,7 +39,7 @@ class RunSettings:
     max_queries: int | None = None
     subset_seed: int = 0
     threads: int = 1
-    device: str = 'cpu'            # 'auto' uses a GPU when present
+    device: str = 'auto'           # runtime.device: 'auto' uses a GPU when present (causalneg.encoders.DEVICES)
     nproc_per_node: int = 1        # > 1: train through `torchrun --nproc_per_node N` (DDP; GPUs or CPU/gloo)
     cache_dir: str = '.cache/embeddings'
     models_dir: str = 'models'
@@ -72,7 +72,10 @@ def run_code() -> dict:
 def run_key(variant, seed: int, settings: RunSettings, examples: list, code: str | None = None) -> str:
     "Hash of what determines a run's result: code, recipe, seed, settings and the exact training texts."
     code = code or run_code()['_all']
-    h = hashlib.sha256(json.dumps([code, asdict(variant), seed, asdict(settings)], sort_keys=True, default=str).encode())
+    from causalneg.encoders import resolve_device
+    # the device the run resolves to, not the setting: 'auto' trains on a GPU on one machine and on the CPU on another
+    where = {**asdict(settings), 'device': resolve_device(settings.device)}
+    h = hashlib.sha256(json.dumps([code, asdict(variant), seed, where], sort_keys=True, default=str).encode())
     for ex in examples:
         h.update(json.dumps([ex['query'], ex['positive'], [(n['source'], n['text']) for n in ex['negatives']]]).encode())
     return h.hexdigest()[:16]
@@ -142,11 +145,11 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
         model_path = train(examples, cfg) if s.nproc_per_node <= 1 else train_distributed(examples, cfg, s.nproc_per_node)
         log = [r for r in json.loads(Path(cfg.output_dir, 'train_summary.json').read_text())['log_history'] if 'loss' in r]
     train_seconds = time.time() - t0; t0 = time.time()
-    encoder = load_encoder(model_path, num_threads=s.threads, max_seq_length=s.eval_max_seq_length)
+    encoder = load_encoder(model_path, device=s.device, num_threads=s.threads, max_seq_length=s.eval_max_seq_length)
     pool = json.loads(Path(s.eval_pool).read_text())['doc_ids'] if s.eval_pool else None
     metrics = evaluate_encoder(encoder, s.benchmark, splits=s.eval_splits, out_dir=out, cache=s.cache_dir, n_distractors=s.n_distractors,
                                subset_seed=s.subset_seed, max_queries=s.max_queries, tag=f'{variant.name}-s{seed}',
-                               show_progress=False, pool=pool)
+                               show_progress=True, pool=pool)
     shortcut, probe_rows = {}, []
     for gen, (probe_queries, probe_pools) in probe_sets(s, queries).items():
         probe = variant_examples(Variant('probe', 'probe', {'mined': s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
