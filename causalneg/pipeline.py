@@ -188,8 +188,8 @@ def lookup(params: dict, dotted: str, source='params.yaml'):
         node = node[part]
     return node
 
-def parse_parameters(args: list, params_file='params.yaml') -> dict:
-    "Parse `-p KEY VALUE` (scalar), `-y KEY YAML` and `-P KEY DOTTED.PATH` (value from params.yaml)."
+def parse_parameters(args: list, params_file='params.yaml', validate: bool = False) -> dict:
+    "Parse `-p KEY VALUE` (scalar), `-y KEY YAML` and `-P KEY DOTTED.PATH` (value from params.yaml, validated first if `validate`)."
     import yaml
     params, i, loaded = {}, 0, None
     while i < len(args):
@@ -198,7 +198,11 @@ def parse_parameters(args: list, params_file='params.yaml') -> dict:
         if len(args) - i < 3: raise ValueError(f"`{args[i]}` needs a KEY and a VALUE.")
         flag, key, value = args[i:i + 3]
         if flag == '-P':
-            if loaded is None: loaded = yaml.safe_load(Path(params_file).read_text()) or {}
+            if loaded is None:
+                loaded = yaml.safe_load(Path(params_file).read_text()) or {}
+                if validate:
+                    from causalneg.config import validate_params
+                    loaded = validate_params(loaded, str(params_file))
             params[key] = lookup(loaded, value, params_file)
         else: params[key] = yaml.safe_load(value) if flag == '-y' else _scalar(value)
         i += 3
@@ -267,8 +271,10 @@ def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -
         _overlay(tree, {k: v for k, v in overlay.items() if k != 'profile'}, Path(profiles_dir) / f'{name}.yaml')
         tree['profile'] = name
         buf = io.StringIO(); y.dump(tree, buf); text = buf.getvalue()
+    from causalneg.config import validate_params
+    values = validate_params(yaml.safe_load(text), f'profile {name!r} (profiles/default.yaml + overlay)')  # before anything is written
     Path(params_file).write_text(text, encoding='utf-8')
-    return yaml.safe_load(text)
+    return values
 
 # %% ../nbs/10_pipeline.ipynb #docs-cells
 def _directives(source: str) -> dict:
@@ -437,7 +443,7 @@ def main(argv=None):
     while rest[:1] and rest[0] in opts:
         if len(rest) < 2: raise SystemExit(f'{rest[0]} needs a value')
         opts[rest[0]], rest = rest[1], rest[2:]
-    run_notebook(name, parse_parameters(rest, project_root() / 'params.yaml'), reports_dir=opts['--reports'], output_name=opts['--as'])
+    run_notebook(name, parse_parameters(rest, project_root() / 'params.yaml', validate=True), reports_dir=opts['--reports'], output_name=opts['--as'])
     return 0
 
 # %% ../nbs/10_pipeline.ipynb #c015
