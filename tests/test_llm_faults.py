@@ -4,7 +4,7 @@ For each fault the tests assert what is lost (nothing), what is repeated (nothin
 what is cached (never a transport failure) and what is said (the endpoint is named, no key appears
 in any message, warning, log, ledger row or cache record).
 """
-import json, logging, os, subprocess, sys, threading, time, traceback, warnings
+import hashlib, json, logging, os, subprocess, sys, threading, time, traceback, warnings
 from pathlib import Path
 
 import pytest
@@ -252,7 +252,7 @@ def test_two_processes_sharing_a_cache_never_pay_twice_for_a_key(fake, tmp_path)
 def test_a_torn_tail_is_cut_on_open_and_a_lost_newline_is_restored(tmp_path):
     folder = tmp_path / "cache"
     c = ResponseCache(folder)
-    k1, k2, k3 = (L.hashlib.sha256(s.encode()).hexdigest() for s in ("one", "two", "three"))
+    k1, k2, k3 = (hashlib.sha256(s.encode()).hexdigest() for s in ("one", "two", "three"))
     k2 = k1[:2] + k2[2:]; k3 = k1[:2] + k3[2:]                                    # one shard
     assert c.put(k1, {"parsed": {"x": 1}})
     shard = folder / f"{k1[:2]}.jsonl"
