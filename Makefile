@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test export-check llm llm-cache clean-venv lock docs lab
+.PHONY: setup repro exps test lint export-check llm llm-cache clean-venv lock docs lab
 
 setup: $(STAMP)
 
@@ -64,7 +64,18 @@ export-check: setup
 	  echo "nbdev_export changed causalneg/: the package is out of date with nbs/. Run nbdev_export and commit both."; \
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; fi
 
-test: export-check
+# `dvc exp show` with the columns worth comparing: the test and FanOutQA nDCG@10 / Recall@100 of each row, and
+# only the params that differ between experiments (bookkeeping such as fingerprints, timings and corpus sizes dropped)
+EXP_DROP ?= model_fingerprint|seconds|corpus|model$$|splits|queries|train_queries|seeds|pool\.|Created
+exps: setup
+	$(BIN)/dvc exp show --only-changed --drop '$(EXP_DROP)' --md
+
+# ruff (pyproject.toml): lint everything, notebooks included; format plain Python (tests/, scripts/, benchmarks/)
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint export-check
 	$(BIN)/nbdev_test --n_workers 1 --timing
 	$(BIN)/python -m pytest -q tests
 

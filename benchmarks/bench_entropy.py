@@ -11,6 +11,7 @@
 Usage: python benchmarks/bench_entropy.py [--repeats 30] [--step-repeats 9] [--step-batch 4] [--threads 1]
        [--device cpu] [--json out.json]
 """
+
 import argparse, json, os, statistics, sys, time
 from pathlib import Path
 
@@ -20,10 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def loop_entropy(q, negs, gen, tau=0.1):
     "L_ent as a Python loop over samples (q and non-generated negatives detached), straight from method.md."
     import torch
+
     terms = []
     for i in range(q.shape[0]):
         g = gen[i]
-        if not g.any(): continue
+        if not g.any():
+            continue
         d = torch.where(g[:, None], negs[i], negs[i].detach())
         p = torch.softmax(d @ q[i].detach() / tau, 0)
         p_g = p[g].sum()
@@ -35,11 +38,16 @@ def loop_entropy(q, negs, gen, tau=0.1):
 
 def sync(device):
     import torch
-    if device.startswith("cuda"): torch.cuda.synchronize()
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def timed(fn, device):
-    sync(device); t = time.perf_counter(); fn(); sync(device)
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
     return time.perf_counter() - t
 
 
@@ -47,28 +55,37 @@ def bench_kernel(d, repeats, device, b=64, n_mined=15, n_gen=3):
     "Median seconds of forward+backward: vectorised vs per-sample loop."
     import torch
     from causalneg.losses import query_view_entropy
+
     g = torch.Generator().manual_seed(d)
     n = n_mined + n_gen
     q = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1).to(device)
     negs = torch.nn.functional.normalize(torch.randn(b, n, d, generator=g), dim=-1).to(device)
-    gen = torch.zeros(b, n, dtype=torch.bool); gen[:, n_mined:] = True
-    gen = gen[:, torch.randperm(n, generator=g)].to(device)   # positions do not matter, labels do
+    gen = torch.zeros(b, n, dtype=torch.bool)
+    gen[:, n_mined:] = True
+    gen = gen[:, torch.randperm(n, generator=g)].to(device)  # positions do not matter, labels do
     valid = torch.ones_like(gen)
 
     x = negs.clone().requires_grad_()
 
     def vec():
-        x.grad = None; query_view_entropy(q, x, gen, valid).backward(); return x.grad
+        x.grad = None
+        query_view_entropy(q, x, gen, valid).backward()
+        return x.grad
 
     def loop():
-        x.grad = None; loop_entropy(q, x, gen).backward(); return x.grad
+        x.grad = None
+        loop_entropy(q, x, gen).backward()
+        return x.grad
 
-    torch.testing.assert_close(vec(), loop(), atol=1e-5, rtol=1e-4)   # same math
-    for _ in range(3): vec(); loop()                                   # warm-up
+    torch.testing.assert_close(vec(), loop(), atol=1e-5, rtol=1e-4)  # same math
+    for _ in range(3):
+        vec()
+        loop()  # warm-up
     tv, tl = [], []
-    for r in range(repeats):                                           # interleaved, alternating order
+    for r in range(repeats):  # interleaved, alternating order
         pair = [(tv, vec), (tl, loop)] if r % 2 == 0 else [(tl, loop), (tv, vec)]
-        for acc, fn in pair: acc.append(timed(fn, device))
+        for acc, fn in pair:
+            acc.append(timed(fn, device))
     return statistics.median(tv), statistics.median(tl)
 
 
@@ -78,14 +95,24 @@ def bench_step(batch, repeats, device, max_seq_length=128, n_mined=15, n_gen=3):
     import torch
     from causalneg.losses import CausalNegLoss, query_view_entropy, generated_mask
     from causalneg.train import build_train_dataset, load_backbone
+
     rng = random.Random(0)
-    words = ("river mountain capital city population novel author war peace ocean light speed telephone inventor "
-             "tiger cat lion species africa peru lima quito ecuador macau colony century empire king queen law "
-             "music painter theory physics chemistry element planet orbit language grammar festival").split()
+    words = (
+        "river mountain capital city population novel author war peace ocean light speed telephone inventor "
+        "tiger cat lion species africa peru lima quito ecuador macau colony century empire king queen law "
+        "music painter theory physics chemistry element planet orbit language grammar festival"
+    ).split()
     text = lambda k: " ".join(rng.choice(words) for _ in range(k))
-    exs = [{"qid": str(i), "query": text(8), "positive": text(60),
+    exs = [
+        {
+            "qid": str(i),
+            "query": text(8),
+            "positive": text(60),
             "negatives": [{"text": text(60), "source": "mined"} for _ in range(n_mined)]
-                         + [{"text": text(60), "source": "causalneg"} for _ in range(n_gen)]} for i in range(batch)]
+            + [{"text": text(60), "source": "causalneg"} for _ in range(n_gen)],
+        }
+        for i in range(batch)
+    ]
     ds = build_train_dataset(exs)
     cols = [c for c in ds.column_names if c != "label"]
     model = load_backbone(None, max_seq_length=max_seq_length, device=device)
@@ -99,7 +126,10 @@ def bench_step(batch, repeats, device, max_seq_length=128, n_mined=15, n_gen=3):
     def step(key):
         def run():
             out = losses[key](feats, labels)
-            sum(out.values()).backward(); opt.step(); opt.zero_grad(set_to_none=True)
+            sum(out.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
         return run
 
     with torch.no_grad():
@@ -109,13 +139,16 @@ def bench_step(batch, repeats, device, max_seq_length=128, n_mined=15, n_gen=3):
     x = negs.clone().requires_grad_()
 
     def term():
-        x.grad = None; query_view_entropy(q, x, gen, valid).backward()
+        x.grad = None
+        query_view_entropy(q, x, gen, valid).backward()
 
-    for key in (0.0, 0.05): step(key)()                                # warm-up
+    for key in (0.0, 0.05):
+        step(key)()  # warm-up
     times = {0.0: [], 0.05: [], "diag": [], "term": []}
     order = [0.0, 0.05, "diag"]
     for r in range(repeats):
-        for key in (order if r % 2 == 0 else order[::-1]): times[key].append(timed(step(key), device))
+        for key in order if r % 2 == 0 else order[::-1]:
+            times[key].append(timed(step(key), device))
         times["term"].append(statistics.median(timed(term, device) for _ in range(5)))
     paired = lambda k: statistics.median(100 * (a - b) / b for a, b in zip(times[k], times[0.0]))
     spread = lambda v: 100 * (statistics.quantiles(v, n=4)[2] - statistics.quantiles(v, n=4)[0]) / statistics.median(v)
@@ -134,13 +167,17 @@ def main():
     ap.add_argument("--skip-step", action="store_true", help="only run the kernel comparison")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     a = ap.parse_args()
-    for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[v] = str(a.threads)
+    for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[v] = str(a.threads)
     os.environ.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     import torch
+
     torch.set_num_threads(a.threads)
     res = {"device": a.device, "threads": a.threads, "torch": torch.__version__, "kernel": {}}
-    print(f"query_view_entropy forward+backward, B=64 N=18 (15 mined + 3 generated), {a.repeats} interleaved repeats, "
-          f"{a.threads} thread(s), {a.device}")
+    print(
+        f"query_view_entropy forward+backward, B=64 N=18 (15 mined + 3 generated), {a.repeats} interleaved repeats, "
+        f"{a.threads} thread(s), {a.device}"
+    )
     print(f"{'D':>6} {'vectorised ms':>14} {'per-sample loop ms':>19} {'loop / vectorised':>18}")
     for d in (384, 1024):
         tv, tl = bench_kernel(d, a.repeats, a.device)
@@ -149,24 +186,38 @@ def main():
     if not a.skip_step:
         s = bench_step(a.step_batch, a.step_repeats, a.device)
         base, ent, diag, term = s[0.0], s[0.05], s["diag"], s["term"]
-        res["step"] = {"batch": a.step_batch, "texts_per_step": a.step_batch * 20, "step_s_lambda0": base,
-                       "step_s_lambda005": ent, "step_s_lambda005_with_diagnostics": diag, "entropy_term_s": term,
-                       "overhead_pct_step_diff": 100 * (ent - base) / base,
-                       "overhead_pct_with_diagnostics": 100 * (diag - base) / base,
-                       "overhead_pct_term_alone": 100 * term / base, "overhead_pct_paired": s["paired_pct"],
-                       "overhead_pct_paired_with_diagnostics": s["paired_pct_diag"],
-                       "step_time_iqr_pct": s["iqr_pct_lambda0"]}
-        print(f"\nMiniLM training step (batch {a.step_batch} x [query, positive, 18 negatives] = {a.step_batch * 20} texts, "
-              f"max_seq_length 128), {a.step_repeats} interleaved repeats:")
+        res["step"] = {
+            "batch": a.step_batch,
+            "texts_per_step": a.step_batch * 20,
+            "step_s_lambda0": base,
+            "step_s_lambda005": ent,
+            "step_s_lambda005_with_diagnostics": diag,
+            "entropy_term_s": term,
+            "overhead_pct_step_diff": 100 * (ent - base) / base,
+            "overhead_pct_with_diagnostics": 100 * (diag - base) / base,
+            "overhead_pct_term_alone": 100 * term / base,
+            "overhead_pct_paired": s["paired_pct"],
+            "overhead_pct_paired_with_diagnostics": s["paired_pct_diag"],
+            "step_time_iqr_pct": s["iqr_pct_lambda0"],
+        }
+        print(
+            f"\nMiniLM training step (batch {a.step_batch} x [query, positive, 18 negatives] = {a.step_batch * 20} texts, "
+            f"max_seq_length 128), {a.step_repeats} interleaved repeats:"
+        )
         print(f"  step, lambda_ent = 0             : {base:8.3f} s")
         print(f"  step, lambda_ent = 0.05          : {ent:8.3f} s   ({res['step']['overhead_pct_step_diff']:+.2f}% vs lambda 0)")
         print(f"  step, lambda_ent = 0.05 + diags  : {diag:8.3f} s   ({res['step']['overhead_pct_with_diagnostics']:+.2f}%)")
         print(f"  median of paired differences     : {s['paired_pct']:+.2f}% (with diagnostics {s['paired_pct_diag']:+.2f}%)")
         print(f"  spread of step times (IQR)       : {s['iqr_pct_lambda0']:.1f}% of the median")
-        print(f"  entropy term alone (fwd+bwd)     : {term * 1e3:8.3f} ms  ({res['step']['overhead_pct_term_alone']:.3f}% of a step)")
-        print("  (a step difference smaller than the spread is timing noise; the term-alone figure is the direct"
-              " measurement of the added work)")
-    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+        print(
+            f"  entropy term alone (fwd+bwd)     : {term * 1e3:8.3f} ms  ({res['step']['overhead_pct_term_alone']:.3f}% of a step)"
+        )
+        print(
+            "  (a step difference smaller than the spread is timing noise; the term-alone figure is the direct"
+            " measurement of the added work)"
+        )
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

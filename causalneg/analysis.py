@@ -20,7 +20,7 @@ def mutual_information(similarity, is_generated, bins: int = 10, min_per_bin: in
     if len(s) == 0 or g.all() or not g.any(): return 0.0
     bins = max(2, min(bins, len(s) // min_per_bin))  # the plug-in estimate is biased upwards when bins hold few items
     edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)[1:-1]))
-    b = np.searchsorted(edges, s, side='right')
+    b = np.searchsorted(edges, s, side="right")
     joint = np.zeros((len(edges) + 1, 2))
     np.add.at(joint, (b, g.astype(int)), 1)
     p = joint / joint.sum(); pb, pg = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
@@ -32,7 +32,7 @@ def auc(scores, labels) -> float:
     "ROC AUC of `scores` for binary `labels` (ties count half); nan when one class is absent."
     s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
     n1, n0 = y.sum(), (~y).sum()
-    if n1 == 0 or n0 == 0: return float('nan')
+    if n1 == 0 or n0 == 0: return float("nan")
     from scipy.stats import rankdata
     r = rankdata(s)
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
@@ -42,14 +42,14 @@ def within_query_auc(qids, scores, labels) -> float:
     qids, s, y = np.asarray(qids), np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
     vals = [auc(s[qids == q], y[qids == q]) for q in np.unique(qids)]
     vals = [v for v in vals if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else float('nan')
+    return float(np.mean(vals)) if vals else float("nan")
 
 # %% ../nbs/12_analysis.ipynb #c010
 def auc_permutation_p(qids, scores, labels, n_permutations: int = 1000, seed: int = 0) -> float:
     "Two-sided permutation p-value of the within-query AUC against 0.5 (labels shuffled within queries)."
     qids, s, y = np.asarray(qids), np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
     observed = abs(within_query_auc(qids, s, y) - 0.5)
-    if math.isnan(observed): return float('nan')
+    if math.isnan(observed): return float("nan")
     rng, groups = np.random.default_rng(seed), [np.flatnonzero(qids == q) for q in np.unique(qids)]
     hits = 0
     for _ in range(n_permutations):
@@ -62,11 +62,11 @@ def auc_permutation_p(qids, scores, labels, n_permutations: int = 1000, seed: in
 def shortcut_metrics(qids, similarity, is_generated, bins: int = 10, n_permutations: int = 500) -> dict:
     "The shortcut diagnostics of one model: mean similarities per source, MI (bits), pooled and within-query AUC."
     s, g = np.asarray(similarity, dtype=float), np.asarray(is_generated, dtype=bool)
-    return {'negatives': int(len(s)), 'generated': int(g.sum()),
-            'mean_sim_mined': float(s[~g].mean()) if (~g).any() else float('nan'),
-            'mean_sim_generated': float(s[g].mean()) if g.any() else float('nan'),
-            'mi_bits': mutual_information(s, g, bins), 'auc': auc(s, g), 'auc_within_query': within_query_auc(qids, s, g),
-            'p_auc_within_query': auc_permutation_p(qids, s, g, n_permutations)}
+    return {"negatives": int(len(s)), "generated": int(g.sum()),
+            "mean_sim_mined": float(s[~g].mean()) if (~g).any() else float("nan"),
+            "mean_sim_generated": float(s[g].mean()) if g.any() else float("nan"),
+            "mi_bits": mutual_information(s, g, bins), "auc": auc(s, g), "auc_within_query": within_query_auc(qids, s, g),
+            "p_auc_within_query": auc_permutation_p(qids, s, g, n_permutations)}
 
 def negative_similarities(model, examples: list, cache=None, batch_size: int = 64) -> tuple:
     "(qids, q.d similarity, is_generated, source) for every negative of `examples` under `model`."
@@ -74,13 +74,13 @@ def negative_similarities(model, examples: list, cache=None, batch_size: int = 6
     from causalneg.losses import GENERATED_SOURCES
     qids, texts, srcs = [], [], []
     for ex in examples:
-        for n in ex['negatives']: qids.append(ex['qid']); texts.append(n['text']); srcs.append(n['source'])
-    q_of = {ex['qid']: ex['query'] for ex in examples}
+        for n in ex["negatives"]: qids.append(ex["qid"]); texts.append(n["text"]); srcs.append(n["source"])
+    q_of = {ex["qid"]: ex["query"] for ex in examples}
     order = list(q_of)
-    q_emb = encode(model, [q_of[q] for q in order], 'query', cache, batch_size, show_progress=False)
-    d_emb = encode(model, texts, 'document', cache, batch_size, show_progress=False)
+    q_emb = encode(model, [q_of[q] for q in order], "query", cache, batch_size, show_progress=False)
+    d_emb = encode(model, texts, "document", cache, batch_size, show_progress=False)
     row = {q: i for i, q in enumerate(order)}
-    sims = np.einsum('nd,nd->n', d_emb, q_emb[[row[q] for q in qids]]) if texts else np.zeros(0)
+    sims = np.einsum("nd,nd->n", d_emb, q_emb[[row[q] for q in qids]]) if texts else np.zeros(0)
     return np.array(qids), sims, np.array([s in GENERATED_SOURCES for s in srcs]), np.array(srcs)
 
 # %% ../nbs/12_analysis.ipynb #c014
@@ -93,7 +93,7 @@ def paired_test(a: dict, b: dict) -> dict:
     d = x - y
     t_p = float(ttest_rel(x, y).pvalue) if np.any(d != d[0]) else (1.0 if d[0] == 0 else 0.0)
     w_p = float(wilcoxon(x, y).pvalue) if np.any(d != 0) else 1.0
-    return {'queries': len(qs), 'mean_diff': float(d.mean()), 'p_ttest': t_p, 'p_wilcoxon': w_p}
+    return {"queries": len(qs), "mean_diff": float(d.mean()), "p_ttest": t_p, "p_wilcoxon": w_p}
 
 def mean_over_seeds(per_query_runs: list) -> dict:
     "Average per-query scores over seeds (each run a dict qid -> score, same queries)."
@@ -106,11 +106,11 @@ def mean_over_seeds(per_query_runs: list) -> dict:
 def format_mean_std(values, digits: int = 3) -> str:
     "'mean ± std' over seeds (std with ddof=1; just the mean for one seed)."
     v = np.asarray(values, dtype=float)
-    return f'{v.mean():.{digits}f}' if len(v) < 2 else f'{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}'
+    return f"{v.mean():.{digits}f}" if len(v) < 2 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 def significance_mark(p: float, mean_diff: float, alpha: float = 0.05) -> str:
     "▲ significantly better, ▼ significantly worse than the reference at `alpha`, '' otherwise."
-    return '' if p >= alpha or mean_diff == 0 else ('▲' if mean_diff > 0 else '▼')
+    return "" if p >= alpha or mean_diff == 0 else ("▲" if mean_diff > 0 else "▼")
 
 # %% ../nbs/12_analysis.ipynb #c101
 def _score_matrix(row: dict, name: str) -> tuple:
@@ -119,7 +119,7 @@ def _score_matrix(row: dict, name: str) -> tuple:
     seeds = list(row)
     qsets = [set(row[s]) for s in seeds]
     if any(q != qsets[0] for q in qsets):
-        counts = ', '.join(f'seed {s}: {len(q)}' for s, q in zip(seeds, qsets))
+        counts = ", ".join(f"seed {s}: {len(q)}" for s, q in zip(seeds, qsets))
         raise ValueError(f"seeds of row {name} cover different queries ({counts}; {len(set.intersection(*qsets))} shared)")
     return seeds, qsets[0]
 
@@ -136,7 +136,7 @@ def _draw_weights(rng, n_boot: int, k: int) -> np.ndarray:
 # %% ../nbs/12_analysis.ipynb #c103
 def bootstrap_delta(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
     "Paired query x seed bootstrap of mean(a) - mean(b) for rows {seed: {qid: score}} on their shared queries."
-    sa, qa = _score_matrix(a, 'a'); sb, qb = _score_matrix(b, 'b')
+    sa, qa = _score_matrix(a, "a"); sb, qb = _score_matrix(b, "b")
     qs = sorted(qa & qb, key=str)
     if len(qs) < 2: raise ValueError(f"need at least 2 queries shared by rows a ({len(qa)} queries) and b ({len(qb)}), got {len(qs)}")
     A = np.array([[a[s][q] for q in qs] for s in sa], dtype=float)
@@ -148,8 +148,8 @@ def bootstrap_delta(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, alpha: 
     reps = ((wa @ A - wb @ B) * wq).sum(1)
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     se = float(reps.std(ddof=1))
-    return {'delta': float(A.mean() - B.mean()), 'ci_low': float(lo), 'ci_high': float(hi), 'se': se,
-            'mde': (_z(1 - alpha / 2) + _z(0.8)) * se, 'n_queries': n, 'seeds_a': sa, 'seeds_b': sb}
+    return {"delta": float(A.mean() - B.mean()), "ci_low": float(lo), "ci_high": float(hi), "se": se,
+            "mde": (_z(1 - alpha / 2) + _z(0.8)) * se, "n_queries": n, "seeds_a": sa, "seeds_b": sb}
 
 # %% ../nbs/12_analysis.ipynb #c107
 VERDICT_RULE = ("Each claim states a direction (+1: the row is higher than its reference, -1: lower) and a smallest "
@@ -167,27 +167,27 @@ def verdict(ci_low: float, ci_high: float, claimed_sign: int, delta: float) -> s
     if not (math.isfinite(ci_low) and math.isfinite(ci_high)) or ci_low > ci_high:
         raise ValueError(f"need finite ci_low <= ci_high, got [{ci_low!r}, {ci_high!r}]")
     lo, hi = (ci_low, ci_high) if claimed_sign == 1 else (-ci_high, -ci_low)   # flip so the claim is "higher"
-    if lo > 0: return 'supported'
-    if hi < 0: return 'contradicted'
-    if -delta <= ci_low and ci_high <= delta: return 'no effect'
-    return 'inconclusive'
+    if lo > 0: return "supported"
+    if hi < 0: return "contradicted"
+    if -delta <= ci_low and ci_high <= delta: return "no effect"
+    return "inconclusive"
 
 # %% ../nbs/12_analysis.ipynb #c110
 def per_query_shortcut(probe_rows: list, generator: str) -> dict:
     "{qid: {'gap': mean generated - mean mined similarity, 'auc': within-query AUC}} for `generator`'s probe rows."
     by_q = {}
     for g, q, s, src in probe_rows:
-        if g == generator: by_q.setdefault(q, ([], []))[src != 'mined'].append(float(s))
+        if g == generator: by_q.setdefault(q, ([], []))[src != "mined"].append(float(s))
     out = {}
     for q, (mined, gen) in by_q.items():
         if not mined or not gen: continue
-        out[q] = {'gap': float(np.mean(gen) - np.mean(mined)), 'auc': auc(mined + gen, [0] * len(mined) + [1] * len(gen))}
+        out[q] = {"gap": float(np.mean(gen) - np.mean(mined)), "auc": auc(mined + gen, [0] * len(mined) + [1] * len(gen))}
     return out
 
 # %% ../nbs/12_analysis.ipynb #c113
-def bootstrap_did(a: dict, b: dict, measure: str = 'gap', **kw) -> dict:
+def bootstrap_did(a: dict, b: dict, measure: str = "gap", **kw) -> dict:
     "`bootstrap_delta` of a per-query shortcut `measure` ('gap' or 'auc') for models {seed: per_query_shortcut output}."
-    if measure not in ('gap', 'auc'): raise ValueError(f"measure must be 'gap' or 'auc', got {measure!r}")
+    if measure not in ("gap", "auc"): raise ValueError(f"measure must be 'gap' or 'auc', got {measure!r}")
     conv = lambda row: {s: {q: m[measure] for q, m in pq.items()} for s, pq in row.items()}
     return bootstrap_delta(conv(a), conv(b), **kw)
 

@@ -15,15 +15,15 @@ __all__ = ['DEVICE', 'RUN_SETTINGS', 'LLM', 'SCHEMA', 'ParamsError', 'num', 'cou
 class ParamsError(ValueError):
     "One or more invalid values in params.yaml (the message lists each, with its key)."
 
-_FLOAT = re.compile(r'^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$')
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 def _number(v, integer=False):
     "`v` as a number (numeric strings such as '5e-2' included), or raise ValueError."
     if isinstance(v, str) and _FLOAT.match(v.strip()): v = float(v) if not integer else (int(float(v)) if float(v).is_integer() else float(v))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
-        raise ValueError('a number' + (' (an integer)' if integer else ''))
+        raise ValueError("a number" + (" (an integer)" if integer else ""))
     if integer:
-        if isinstance(v, float) and not v.is_integer(): raise ValueError('an integer')
+        if isinstance(v, float) and not v.is_integer(): raise ValueError("an integer")
         v = int(v)
     return v
 
@@ -32,7 +32,7 @@ def num(lo=None, hi=None, integer=False, lo_open=False, hi_open=True):
     def check(v):
         v = _number(v, integer)
         if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
-            a = '(' if lo_open else '['; b = ')' if hi_open else ']'
+            a = "(" if lo_open else "["; b = ")" if hi_open else "]"
             raise ValueError(f"{'an integer' if integer else 'a number'} in {a}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{b}")
         return v
     return check
@@ -56,24 +56,24 @@ def choice(*options):
 
 def text(v):
     "A non-empty string."
-    if not isinstance(v, str) or not v.strip(): raise ValueError('a non-empty string')
+    if not isinstance(v, str) or not v.strip(): raise ValueError("a non-empty string")
     return v
 
 def flag(v):
     "true or false."
-    if not isinstance(v, bool): raise ValueError('true or false')
+    if not isinstance(v, bool): raise ValueError("true or false")
     return v
 
-_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def name(v):
     "A plain name that is safe as one path component (a split, a profile): no '/', no '..'."
-    if not isinstance(v, str) or not _NAME.match(v) or '..' in v:
+    if not isinstance(v, str) or not _NAME.match(v) or ".." in v:
         raise ValueError("a plain name (letters, digits, '_', '-', '.'; no '/' or '..'), as it becomes part of a file path")
     return v
 
 def folder(v):
     "A folder path: a non-empty string."
-    if not isinstance(v, str) or not v.strip(): raise ValueError('a folder path (a non-empty string)')
+    if not isinstance(v, str) or not v.strip(): raise ValueError("a folder path (a non-empty string)")
     return v
 
 def listof(spec, min_len=0):
@@ -90,7 +90,7 @@ def listof(spec, min_len=0):
 def anything(v): return v
 
 # %% ../nbs/16_config.ipynb #c008
-DEVICE = re.compile(r'^(auto|cpu|cuda|cuda:all|cuda:\d+|mps)$')  # causalneg.encoders.DEVICES, plus cuda:N
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:all|cuda:\d+|mps)$")  # causalneg.encoders.DEVICES, plus cuda:N
 
 def device(v):
     "A device setting: auto, cpu, cuda, cuda:N, cuda:all or mps."
@@ -104,57 +104,57 @@ def either(*specs):
         for s in specs:
             try: return s(v)
             except ValueError as e: errs.append(str(e))
-        raise ValueError(' or '.join(errs))
+        raise ValueError(" or ".join(errs))
     return check
 
 # causalneg.experiments.RunSettings, field by field (tests/test_config.py checks the names match the dataclass)
 RUN_SETTINGS = {
-    'negatives_dir': folder, 'generated_dir': folder, 'benchmark': folder, 'model': text,
-    'pooling': choice('auto', 'mean', 'cls', 'lasttoken'), 'epochs': positive(), 'max_steps': count(-1),
-    'batch_size': count(1), 'grad_accum': count(1), 'dev_fraction': fraction(), 'early_stopping_patience': optional(count(1)),
-    'lr': positive(), 'warmup_ratio': fraction(), 'temperature': positive(), 'tau_ent': positive(),
-    'max_seq_length': count(1), 'eval_max_seq_length': count(1), 'eval_splits': listof(name, 1),
-    'n_distractors': optional(count()), 'eval_pool': optional(folder), 'max_queries': optional(count()), 'subset_seed': count(),
-    'threads': count(1), 'device': device, 'nproc_per_node': count(1), 'cache_dir': folder, 'models_dir': folder,
-    'drop_reasons': either(choice('all'), listof(name)), 'probe_n_mined': count(), 'probe_n_gen': count(),
-    'probe_train_range': optional(listof(count())),
+    "negatives_dir": folder, "generated_dir": folder, "benchmark": folder, "model": text,
+    "pooling": choice("auto", "mean", "cls", "lasttoken"), "epochs": positive(), "max_steps": count(-1),
+    "batch_size": count(1), "grad_accum": count(1), "dev_fraction": fraction(), "early_stopping_patience": optional(count(1)),
+    "lr": positive(), "warmup_ratio": fraction(), "temperature": positive(), "tau_ent": positive(),
+    "max_seq_length": count(1), "eval_max_seq_length": count(1), "eval_splits": listof(name, 1),
+    "n_distractors": optional(count()), "eval_pool": optional(folder), "max_queries": optional(count()), "subset_seed": count(),
+    "threads": count(1), "device": device, "nproc_per_node": count(1), "cache_dir": folder, "models_dir": folder,
+    "drop_reasons": either(choice("all"), listof(name)), "probe_n_mined": count(), "probe_n_gen": count(),
+    "probe_train_range": optional(listof(count())),
 }
 
 # causalneg.llm.LLMConfig (its own checks then run on the values: ranges, the key variable's name, the URL)
 LLM = {
-    'model': text, 'base_url': optional(text), 'api_key_env': text, 'temperature': num(0, 2, hi_open=False),
-    'max_tokens': count(1), 'seed': count(), 'timeout': positive(), 'max_retries': count(), 'concurrency': count(1),
-    'allow_local': flag, 'local_threads': count(1), 'local_ctx': count(1), 'prices': optional(anything),
-    'repair_retries': count(), 'backoff_base': num(0), 'backoff_max': num(0), 'max_retry_after': num(0),
-    'allow_insecure_http': flag, 'response_format': choice('auto', 'json_schema', 'json_object'),
+    "model": text, "base_url": optional(text), "api_key_env": text, "temperature": num(0, 2, hi_open=False),
+    "max_tokens": count(1), "seed": count(), "timeout": positive(), "max_retries": count(), "concurrency": count(1),
+    "allow_local": flag, "local_threads": count(1), "local_ctx": count(1), "prices": optional(anything),
+    "repair_retries": count(), "backoff_base": num(0), "backoff_max": num(0), "max_retry_after": num(0),
+    "allow_insecure_http": flag, "response_format": choice("auto", "json_schema", "json_object"),
 }
 
 SCHEMA = {
-    'profile': name,
-    'runtime': {'threads': count(1), 'device': device, 'embedding_cache': folder},
-    'benchmark': {'folder': folder, 'dev_fraction': fraction(), 'test_fraction': fraction()},
-    'encoder': {'model': text, 'max_seq_length': count(1), 'batch_size': count(1)},
-    'zeroshot': {'splits': listof(name, 1), 'n_distractors': optional(count()), 'max_queries': optional(count())},
-    'pool': {'splits': listof(name, 1), 'k_dense': count(), 'k_bm25': count()},
-    'queries': {'seed': count(), 'train': optional(count()), 'heldout_split': name, 'heldout': count()},
-    'mining': {'miner': choice('dense', 'bm25'), 'n_mined': count(), 'n_random': count(), 'range_min': count(),
-               'range_max': count(), 'relative_margin': fraction(), 'sampling': choice('top', 'random')},
-    'llm': LLM,
-    'generation': {'cache': folder, 'queries': optional(count()), 'profile': name, 'n_neg': count(1), 'max_candidates': count(1),
-                   'max_candidate_words': count(1), 'mode': choice('per_strategy', 'joint'), 'max_nodes': count(1),
-                   'guard_margin': num(), 'min_words': count(), 'max_words': count(1), 'near_dup': num(0, 1, hi_open=False)},
-    'experiments': {'variants': listof(name, 1), 'ablations': listof(name), 'lambdas': listof(num(0)),
-                    'taus': listof(positive()), 'seeds': listof(count(), 1), 'n_mined': count(), 'n_gen': count(),
-                    'lambda_ent': num(0), 'lambda_effective': num(0), 'train_queries': optional(count()),
-                    'settings': RUN_SETTINGS},
-    'tables': {'reference': name, 'alpha': num(0, 1, lo_open=True), 'delta': num(0), 'delta_shortcut': num(0),
-               'n_boot': count(1)},
+    "profile": name,
+    "runtime": {"threads": count(1), "device": device, "embedding_cache": folder},
+    "benchmark": {"folder": folder, "dev_fraction": fraction(), "test_fraction": fraction()},
+    "encoder": {"model": text, "max_seq_length": count(1), "batch_size": count(1)},
+    "zeroshot": {"splits": listof(name, 1), "n_distractors": optional(count()), "max_queries": optional(count())},
+    "pool": {"splits": listof(name, 1), "k_dense": count(), "k_bm25": count()},
+    "queries": {"seed": count(), "train": optional(count()), "heldout_split": name, "heldout": count()},
+    "mining": {"miner": choice("dense", "bm25"), "n_mined": count(), "n_random": count(), "range_min": count(),
+               "range_max": count(), "relative_margin": fraction(), "sampling": choice("top", "random")},
+    "llm": LLM,
+    "generation": {"cache": folder, "queries": optional(count()), "profile": name, "n_neg": count(1), "max_candidates": count(1),
+                   "max_candidate_words": count(1), "mode": choice("per_strategy", "joint"), "max_nodes": count(1),
+                   "guard_margin": num(), "min_words": count(), "max_words": count(1), "near_dup": num(0, 1, hi_open=False)},
+    "experiments": {"variants": listof(name, 1), "ablations": listof(name), "lambdas": listof(num(0)),
+                    "taus": listof(positive()), "seeds": listof(count(), 1), "n_mined": count(), "n_gen": count(),
+                    "lambda_ent": num(0), "lambda_effective": num(0), "train_queries": optional(count()),
+                    "settings": RUN_SETTINGS},
+    "tables": {"reference": name, "alpha": num(0, 1, lo_open=True), "delta": num(0), "delta_shortcut": num(0),
+               "n_boot": count(1)},
 }
 
 # %% ../nbs/16_config.ipynb #c012
 def _unknown(key: str, known) -> str:
     "An unknown key, with the nearest known one when there is a close match."
-    leaf = key.rsplit('.', 1)[-1]
+    leaf = key.rsplit(".", 1)[-1]
     near = difflib.get_close_matches(leaf, list(known), n=1, cutoff=0.75)
     return f"`{key}` is not a known key" + (f"; did you mean `{key[:-len(leaf)]}{near[0]}`?" if near else
                                              f" (known here: {', '.join(sorted(known))})")
@@ -166,7 +166,7 @@ def _walk(value, schema, prefix: str, errors: list):
             errors.append(f"`{prefix}` must be a block of keys ({', '.join(sorted(schema))}), got {value!r:.80}"); return value
         out = {}
         for k, v in value.items():
-            key = f'{prefix}.{k}' if prefix else str(k)
+            key = f"{prefix}.{k}" if prefix else str(k)
             if k not in schema: errors.append(_unknown(key, schema)); out[k] = v; continue
             out[k] = _walk(v, schema[k], key, errors)
         return out
@@ -174,21 +174,23 @@ def _walk(value, schema, prefix: str, errors: list):
     except ValueError as e:
         errors.append(f"`{prefix}` = {value!r:.80}: expected {e}"); return value
 
-def validate_params(params: dict, where: str = 'params.yaml') -> dict:
+def validate_params(params: dict, where: str = "params.yaml", only_kit: bool = False) -> dict:
     "`params` with numeric strings turned into numbers; raise ParamsError listing every bad, unknown or misspelt key."
     if params is None: params = {}
     if not isinstance(params, dict): raise ParamsError(f"{where} must be a mapping of blocks, got {type(params).__name__}.")
+    # `only_kit`: a file with none of the kit's blocks is another project's params (a notebook run by the same runner)
+    if only_kit and not set(params) & (set(SCHEMA) - {"profile"}): return params
     errors = []
-    out = _walk(params, SCHEMA, '', errors)
+    out = _walk(params, SCHEMA, "", errors)
     if errors:
-        raise ParamsError(f"{where} has {len(errors)} problem{'s' * (len(errors) > 1)}:\n  - " + '\n  - '.join(errors)
+        raise ParamsError(f"{where} has {len(errors)} problem{'s' * (len(errors) > 1)}:\n  - " + "\n  - ".join(errors)
                           + f"\nFix them in {where} (or in profiles/, then `python -m causalneg.pipeline use-profile NAME`).")
     return out
 
-def load_params(path='params.yaml') -> dict:
+def load_params(path="params.yaml") -> dict:
     "Read and validate a params file."
     import yaml
     path = Path(path)
-    try: params = yaml.safe_load(path.read_text(encoding='utf-8'))
+    try: params = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e: raise ParamsError(f"{path} is not valid YAML: {e}") from None
     return validate_params(params, str(path))

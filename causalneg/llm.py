@@ -4,14 +4,10 @@
 
 # %% ../nbs/06_llm.ipynb #c003
 from __future__ import annotations
-import argparse, atexit, hashlib, importlib, importlib.util, ipaddress, json, logging, math, os, random, re, shutil
-import signal, socket, subprocess, sys, tempfile, threading, time, urllib.request, warnings
+import argparse, hashlib, ipaddress, json, os, re, shutil
+import signal, socket, sys, threading, time, warnings
 from collections import Counter
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from collections.abc import Callable, Mapping   # (typing.Mapping makes every isinstance check slow)
 from urllib.parse import urlsplit

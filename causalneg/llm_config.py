@@ -4,17 +4,9 @@
 
 # %% ../nbs/06d_llm_config.ipynb #c003
 from __future__ import annotations
-import argparse, atexit, hashlib, importlib, importlib.util, ipaddress, json, logging, math, os, random, re, shutil
-import signal, socket, subprocess, sys, tempfile, threading, time, urllib.request, warnings
-from collections import Counter
-from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import math, re
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
-from pathlib import Path
-from collections.abc import Callable, Mapping   # (typing.Mapping makes every isinstance check slow)
-from urllib.parse import urlsplit
+from collections.abc import Mapping   # (typing.Mapping makes every isinstance check slow)
 
 try: import fcntl
 except ImportError: fcntl = None  # Windows: thread locks only
@@ -102,7 +94,7 @@ class LLMConfig:
         if errs: raise ValueError("invalid llm config: " + "; ".join(errs) + ".")
 
     @classmethod
-    def from_params(cls, d: Mapping | None) -> "LLMConfig":
+    def from_params(cls, d: Mapping | None) -> LLMConfig:
         "Build from the `llm:` block of params; unknown keys are an error that names them."
         if d is None: d = {}
         if not isinstance(d, Mapping): raise ValueError(f"llm params must be a mapping, got {type(d).__name__}.")

@@ -4,17 +4,9 @@
 
 # %% ../nbs/06c_llm_local.ipynb #c003
 from __future__ import annotations
-import argparse, atexit, hashlib, importlib, importlib.util, ipaddress, json, logging, math, os, random, re, shutil
-import signal, socket, subprocess, sys, tempfile, threading, time, urllib.request, warnings
-from collections import Counter
-from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
+import atexit, hashlib, importlib, importlib.util, os, shutil
+import socket, subprocess, sys, tempfile, time, urllib.request, warnings
 from pathlib import Path
-from collections.abc import Callable, Mapping   # (typing.Mapping makes every isinstance check slow)
-from urllib.parse import urlsplit
 
 try: import fcntl
 except ImportError: fcntl = None  # Windows: thread locks only
@@ -155,7 +147,7 @@ class LocalServer:
                 "--port", str(self.port), "--n_threads", str(self.threads), "--n_ctx", str(self.ctx),
                 "--model_alias", self.alias, *self.extra_args]
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         "Start the server and wait until it answers; raises with the log tail if it does not."
         if self.proc is not None: return self
         if not self.model_path.exists():

@@ -4,17 +4,11 @@
 
 # %% ../nbs/06b_llm_replies.ipynb #c003
 from __future__ import annotations
-import argparse, atexit, hashlib, importlib, importlib.util, ipaddress, json, logging, math, os, random, re, shutil
-import signal, socket, subprocess, sys, tempfile, threading, time, urllib.request, warnings
-from collections import Counter
-from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+import json, math, random, re, shutil
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from collections.abc import Callable, Mapping   # (typing.Mapping makes every isinstance check slow)
-from urllib.parse import urlsplit
+from collections.abc import Mapping   # (typing.Mapping makes every isinstance check slow)
 
 try: import fcntl
 except ImportError: fcntl = None  # Windows: thread locks only

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import json, random
 from pathlib import Path
-import numpy as np
 
 # %% auto #0
 __all__ = ['select_queries', 'filter_candidates', 'mine_dense', 'negatives_record', 'mine_random', 'mine_bm25', 'write_jsonl',
@@ -22,17 +21,17 @@ def select_queries(qrels: dict, n: int | None, seed: int = 0) -> list:
 # %% ../nbs/04_mining.ipynb #c007
 def filter_candidates(ranked: list, relevant: set, pos_score: float, n: int, range_min: int = 0,
                       range_max: int | None = 100, relative_margin: float | None = 0.05,
-                      sampling: str = 'top', rng: random.Random | None = None) -> tuple[list, dict]:
+                      sampling: str = "top", rng: random.Random | None = None) -> tuple[list, dict]:
     "Pick `n` negatives from a ranked [(doc_id, score)] list; return them with counts of what was skipped."
-    if sampling not in ('top', 'random'): raise ValueError(f"sampling must be 'top' or 'random', got {sampling!r}")
-    counts = {'relevant': 0, 'margin': 0, 'window': 0}
+    if sampling not in ("top", "random"): raise ValueError(f"sampling must be 'top' or 'random', got {sampling!r}")
+    counts = {"relevant": 0, "margin": 0, "window": 0}
     pool = []
     for rank, (doc_id, score) in enumerate(ranked, 1):
-        if doc_id in relevant: counts['relevant'] += 1; continue
-        if rank <= range_min or (range_max is not None and rank > range_max): counts['window'] += 1; continue
-        if relative_margin is not None and score > (1 - relative_margin) * pos_score: counts['margin'] += 1; continue
-        pool.append({'doc_id': doc_id, 'rank': rank, 'score': float(score)})
-    if sampling == 'random': pool = sorted((rng or random.Random(0)).sample(pool, min(n, len(pool))), key=lambda c: c['rank'])
+        if doc_id in relevant: counts["relevant"] += 1; continue
+        if rank <= range_min or (range_max is not None and rank > range_max): counts["window"] += 1; continue
+        if relative_margin is not None and score > (1 - relative_margin) * pos_score: counts["margin"] += 1; continue
+        pool.append({"doc_id": doc_id, "rank": rank, "score": float(score)})
+    if sampling == "random": pool = sorted((rng or random.Random(0)).sample(pool, min(n, len(pool))), key=lambda c: c["rank"])
     return pool[:n], counts
 
 # %% ../nbs/04_mining.ipynb #c010
@@ -42,15 +41,15 @@ def _positive(qrels_q: dict) -> str:
 
 def mine_dense(model, corpus: dict, queries: dict, qrels: dict, qids: list, n: int = 15, cache=None,
                range_min: int = 0, range_max: int = 100, relative_margin: float | None = 0.05,
-               sampling: str = 'top', seed: int = 0, batch_size: int = 64, show_progress: bool = True) -> list:
+               sampling: str = "top", seed: int = 0, batch_size: int = 64, show_progress: bool = True) -> list:
     "Dense hard negatives for `qids` with provenance; one record per query (see `negatives_record`)."
     from causalneg.data import doc_text
     from causalneg.encoders import encode, model_fingerprint
     from causalneg.eval import exact_search
     fp = model_fingerprint(model)
     doc_ids = list(corpus)
-    d_emb = encode(model, [doc_text(corpus[d]) for d in doc_ids], 'document', cache, batch_size, show_progress, fingerprint=fp)
-    q_emb = encode(model, [queries[q] for q in qids], 'query', cache, batch_size, show_progress, fingerprint=fp)
+    d_emb = encode(model, [doc_text(corpus[d]) for d in doc_ids], "document", cache, batch_size, show_progress, fingerprint=fp)
+    q_emb = encode(model, [queries[q] for q in qids], "query", cache, batch_size, show_progress, fingerprint=fp)
     depth = min(len(doc_ids), range_max + len(max(qrels.values(), key=len, default={})) + 1)
     run = exact_search(q_emb, d_emb, doc_ids, qids, k=depth)
     row = {d: i for i, d in enumerate(doc_ids)}
@@ -59,8 +58,8 @@ def mine_dense(model, corpus: dict, queries: dict, qrels: dict, qids: list, n: i
         pos = _positive(qrels[qid]); pos_score = float(q_emb[qi] @ d_emb[row[pos]])
         picked, skipped = filter_candidates(list(run[qid].items()), set(qrels[qid]), pos_score, n, range_min,
                                             range_max, relative_margin, sampling, rng)
-        negs = [{'doc_id': c['doc_id'], 'text': doc_text(corpus[c['doc_id']]), 'source': 'mined',
-                 'miner': f'dense:{fp}', 'rank': c['rank'], 'score': round(c['score'], 6), 'pos_score': round(pos_score, 6)}
+        negs = [{"doc_id": c["doc_id"], "text": doc_text(corpus[c["doc_id"]]), "source": "mined",
+                 "miner": f"dense:{fp}", "rank": c["rank"], "score": round(c["score"], 6), "pos_score": round(pos_score, 6)}
                 for c in picked]
         out.append(negatives_record(qid, queries[qid], pos, doc_text(corpus[pos]), negs, skipped=skipped))
     return out
@@ -68,7 +67,7 @@ def mine_dense(model, corpus: dict, queries: dict, qrels: dict, qids: list, n: i
 # %% ../nbs/04_mining.ipynb #c011
 def negatives_record(qid, query, pos_id, positive, negatives, **extra) -> dict:
     "One training query with its positive and negatives (each negative carries `source` and provenance)."
-    return {'qid': qid, 'query': query, 'pos_id': pos_id, 'positive': positive, 'negatives': negatives, **extra}
+    return {"qid": qid, "query": query, "pos_id": pos_id, "positive": positive, "negatives": negatives, **extra}
 
 def mine_random(corpus: dict, queries: dict, qrels: dict, qids: list, n: int = 15, seed: int = 0) -> list:
     "Uniformly random corpus negatives (never a judged-relevant document): the weakest baseline source."
@@ -78,8 +77,8 @@ def mine_random(corpus: dict, queries: dict, qrels: dict, qids: list, n: int = 1
         relevant, negs = set(qrels[qid]), []
         while len(negs) < min(n, len(doc_ids) - len(relevant)):
             d = doc_ids[rng.randrange(len(doc_ids))]
-            if d not in relevant and all(x['doc_id'] != d for x in negs):
-                negs.append({'doc_id': d, 'text': doc_text(corpus[d]), 'source': 'random', 'miner': f'random:{seed}'})
+            if d not in relevant and all(x["doc_id"] != d for x in negs):
+                negs.append({"doc_id": d, "text": doc_text(corpus[d]), "source": "random", "miner": f"random:{seed}"})
         pos = _positive(qrels[qid])
         out.append(negatives_record(qid, queries[qid], pos, doc_text(corpus[pos]), negs))
     return out
@@ -91,15 +90,15 @@ def mine_bm25(corpus: dict, queries: dict, qrels: dict, qids: list, n: int = 15,
     import bm25s
     from causalneg.data import doc_text
     doc_ids = list(corpus)
-    retriever = bm25s.BM25(); retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in doc_ids], stopwords='en', show_progress=False), show_progress=False)
+    retriever = bm25s.BM25(); retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in doc_ids], stopwords="en", show_progress=False), show_progress=False)
     k = min(len(doc_ids), range_max + 10)
-    idx, scores = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords='en', show_progress=False), k=k, show_progress=False)
+    idx, scores = retriever.retrieve(bm25s.tokenize([queries[q] for q in qids], stopwords="en", show_progress=False), k=k, show_progress=False)
     out = []
     for qid, ix, sc in zip(qids, idx, scores):
         picked, skipped = filter_candidates([(doc_ids[i], float(s)) for i, s in zip(ix, sc)], set(qrels[qid]), 0.0, n,
-                                            range_min, range_max, None, 'top')
-        negs = [{'doc_id': c['doc_id'], 'text': doc_text(corpus[c['doc_id']]), 'source': 'mined', 'miner': 'bm25',
-                 'rank': c['rank'], 'score': round(c['score'], 4)} for c in picked]
+                                            range_min, range_max, None, "top")
+        negs = [{"doc_id": c["doc_id"], "text": doc_text(corpus[c["doc_id"]]), "source": "mined", "miner": "bm25",
+                 "rank": c["rank"], "score": round(c["score"], 4)} for c in picked]
         pos = _positive(qrels[qid])
         out.append(negatives_record(qid, queries[qid], pos, doc_text(corpus[pos]), negs, skipped=skipped))
     return out
@@ -108,9 +107,9 @@ def mine_bm25(corpus: dict, queries: dict, qrels: dict, qids: list, n: int = 15,
 def write_jsonl(path, records):
     "Write records as JSON lines (UTF-8, one object per line)."
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', encoding='utf-8') as f:
-        for r in records: f.write(json.dumps(r, ensure_ascii=False) + '\n')
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records: f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 def read_jsonl(path) -> list:
     "Read JSON lines written by `write_jsonl`."
-    with open(path, encoding='utf-8') as f: return [json.loads(l) for l in f if l.strip()]
+    with open(path, encoding="utf-8") as f: return [json.loads(l) for l in f if l.strip()]

@@ -12,7 +12,7 @@ __all__ = ['METRICS', 'INSTRUCTION_TEMPLATES', 'beir_task', 'resolve_model_folde
            'evaluate_mteb', 'main']
 
 # %% ../nbs/14_mteb.ipynb #c005
-METRICS = {'ndcg_at_10': 'ndcg@10', 'recall_at_100': 'recall@100', 'mrr_at_10': 'mrr@10'}
+METRICS = {"ndcg_at_10": "ndcg@10", "recall_at_100": "recall@100", "mrr_at_10": "mrr@10"}
 
 def _require_mteb():
     try: import mteb
@@ -20,7 +20,7 @@ def _require_mteb():
     return mteb
 
 # %% ../nbs/14_mteb.ipynb #c006
-def beir_task(folder, split: str = 'test', name: str | None = None, n_distractors: int | None = None,
+def beir_task(folder, split: str = "test", name: str | None = None, n_distractors: int | None = None,
               max_queries: int | None = None, subset_seed: int = 0):
     "An MTEB retrieval task over a split of a local BEIR folder (same query sample and corpus subset as `evaluate_encoder`)."
     _require_mteb()
@@ -34,35 +34,35 @@ def beir_task(folder, split: str = 'test', name: str | None = None, n_distractor
         keep = sorted(random.Random(subset_seed).sample(sorted(qrels), min(max_queries, len(qrels))))
         qrels = {q: qrels[q] for q in keep}
     doc_ids = corpus_subset(corpus, [qrels], n_distractors, subset_seed)
-    task_name = name or f'{Path(folder).name}-{split}'
-    data = dict(corpus=Dataset.from_list([{'id': d, 'title': corpus[d]['title'], 'text': corpus[d]['text']} for d in doc_ids]),
-                queries=Dataset.from_list([{'id': q, 'text': queries[q]} for q in qrels]),
+    task_name = name or f"{Path(folder).name}-{split}"
+    data = dict(corpus=Dataset.from_list([{"id": d, "title": corpus[d]["title"], "text": corpus[d]["text"]} for d in doc_ids]),
+                queries=Dataset.from_list([{"id": q, "text": queries[q]} for q in qrels]),
                 relevant_docs=qrels, top_ranked=None)
 
     class BeirFolderTask(AbsTaskRetrieval):
         metadata = TaskMetadata(
-            type='Retrieval', name=task_name, main_score='ndcg_at_10', category='t2t', modalities=['text'],
-            description=f'Split {split!r} of the local BEIR folder {folder}.', reference=None,
-            dataset={'path': str(folder), 'revision': 'local'}, eval_splits=[split], eval_langs=['eng-Latn'],
+            type="Retrieval", name=task_name, main_score="ndcg_at_10", category="t2t", modalities=["text"],
+            description=f"Split {split!r} of the local BEIR folder {folder}.", reference=None,
+            dataset={"path": str(folder), "revision": "local"}, eval_splits=[split], eval_langs=["eng-Latn"],
             date=None, dialect=None, domains=None, task_subtypes=None, license=None, annotations_creators=None,
-            sample_creation=None, bibtex_citation='')
+            sample_creation=None, bibtex_citation="")
         def load_data(self, num_proc=None, **kwargs):
-            self.dataset = {'default': {split: data}}; self.data_loaded = True
+            self.dataset = {"default": {split: data}}; self.data_loaded = True
     task = BeirFolderTask()
-    task.local_source = {'folder': str(folder), 'split': split, 'n_distractors': n_distractors, 'max_queries': max_queries,
-                         'subset_seed': subset_seed, 'n_queries': len(qrels), 'n_documents': len(doc_ids)}   # recorded with the scores
+    task.local_source = {"folder": str(folder), "split": split, "n_distractors": n_distractors, "max_queries": max_queries,
+                         "subset_seed": subset_seed, "n_queries": len(qrels), "n_documents": len(doc_ids)}   # recorded with the scores
     return task
 
 # %% ../nbs/14_mteb.ipynb #c006b
-_MODEL_FILES = ('modules.json', 'config.json')   # a sentence-transformers model, or a plain Hugging Face one
+_MODEL_FILES = ("modules.json", "config.json")   # a sentence-transformers model, or a plain Hugging Face one
 
 def _holds_model(d: Path) -> bool:
     return d.is_dir() and any((d / f).is_file() for f in _MODEL_FILES)
 
 def _newest_checkpoint(d: Path) -> Path | None:
     "The `checkpoint-N` folder with the largest N under `d` that holds a model."
-    cps = [p for p in d.glob('checkpoint-*') if p.name.rsplit('-', 1)[-1].isdigit() and _holds_model(p)] if d.is_dir() else []
-    return max(cps, key=lambda p: int(p.name.rsplit('-', 1)[-1])) if cps else None
+    cps = [p for p in d.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit() and _holds_model(p)] if d.is_dir() else []
+    return max(cps, key=lambda p: int(p.name.rsplit("-", 1)[-1])) if cps else None
 
 def resolve_model_folder(name_or_path) -> tuple[str, str | None]:
     "The model to load for `name_or_path` (a model folder, a run folder, or a name) and a note saying how a run folder was resolved."
@@ -70,17 +70,17 @@ def resolve_model_folder(name_or_path) -> tuple[str, str | None]:
     p = Path(s).expanduser()
     if not p.exists():
         parent = p.parent
-        if s.startswith(('.', '/', '~')) or s.count('/') > 1 or '\\' in s or (str(parent) != '.' and parent.is_dir()):
+        if s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s or (str(parent) != "." and parent.is_dir()):
             runs = sorted(x.name for x in parent.iterdir() if x.is_dir()) if parent.is_dir() else []
             raise FileNotFoundError(f"No such model folder: {s!r}" + (f" ({parent} holds: {', '.join(runs[:20])})." if runs else "."))
         return s, None                              # a Hub name or the packaged alias: the loader knows it
     if not p.is_dir(): raise NotADirectoryError(f"{s!r} is a file; pass a model folder or a run folder.")
     if _holds_model(p): return s, None
-    if _holds_model(p / 'final'):
-        return str(p / 'final'), f"{s} is a run folder: loading its final model {p / 'final'}"
-    if cp := _newest_checkpoint(p / 'checkpoints') or _newest_checkpoint(p):
+    if _holds_model(p / "final"):
+        return str(p / "final"), f"{s} is a run folder: loading its final model {p / 'final'}"
+    if cp := _newest_checkpoint(p / "checkpoints") or _newest_checkpoint(p):
         return str(cp), f"{s} is a run folder without a final model: loading its newest checkpoint {cp}"
-    held = sorted(x.name + ('/' if x.is_dir() else '') for x in p.iterdir())
+    held = sorted(x.name + ("/" if x.is_dir() else "") for x in p.iterdir())
     raise FileNotFoundError(
         f"No model in {s!r}. Looked for a model folder ({' or '.join(_MODEL_FILES)}) at {p}, at {p / 'final'} (a run's "
         f"final model) and at {p / 'checkpoints'}/checkpoint-N (its newest checkpoint). It holds: "
@@ -91,25 +91,25 @@ def _training_query_prompt(model_path: str, requested: str) -> str | None:
     "The `query_prompt` the run was trained with, from its train_summary.json (not stored in the model itself)."
     m = Path(model_path)
     for d in dict.fromkeys([Path(requested), m, m.parent, m.parent.parent]):
-        f = d / 'train_summary.json'
+        f = d / "train_summary.json"
         if f.is_file():
-            try: return (json.loads(f.read_text()).get('config') or {}).get('query_prompt')
+            try: return (json.loads(f.read_text()).get("config") or {}).get("query_prompt")
             except (OSError, ValueError): return None
     return None
 
 # %% ../nbs/14_mteb.ipynb #c007
-INSTRUCTION_TEMPLATES = {'qwen3': 'Instruct: {instruction}\nQuery:'}   # how mteb's Qwen3-Embedding loader wraps a task's instruction
+INSTRUCTION_TEMPLATES = {"qwen3": "Instruct: {instruction}\nQuery:"}   # how mteb's Qwen3-Embedding loader wraps a task's instruction
 
 def task_version(name: str) -> str:
     "mteb's version of a task, from its name (`HotpotQAHardNegatives.v2` -> 'v2'; names without a suffix are 'v1')."
-    m = re.search(r'\.v(\d+)$', name)
-    return f'v{m.group(1)}' if m else 'v1'
+    m = re.search(r"\.v(\d+)$", name)
+    return f"v{m.group(1)}" if m else "v1"
 
 def task_instruction(task) -> str:
     "The query instruction mteb gives instruction models on `task`: the task's own prompt, else its task type's default."
     p = task.metadata.prompt
-    if isinstance(p, dict): p = p.get('query')
-    return p or getattr(type(task), 'abstask_prompt', '') or ''
+    if isinstance(p, dict): p = p.get("query")
+    return p or getattr(type(task), "abstask_prompt", "") or ""
 
 def _wrap(model, tasks, query_prompt=None, document_prompt=None, instruction_template=None):
     "An mteb encoder for a SentenceTransformer with the prompts to use (its own, overridden by the arguments)."
@@ -120,13 +120,13 @@ def _wrap(model, tasks, query_prompt=None, document_prompt=None, instruction_tem
             raise ValueError("query_prompt, document_prompt and instruction_template apply to SentenceTransformer models only.")
         return model
     prompts = {k: v for k, v in (model.prompts or {}).items() if v is not None}
-    if query_prompt is not None: prompts['query'] = query_prompt
-    if document_prompt is not None: prompts['document'] = document_prompt
+    if query_prompt is not None: prompts["query"] = query_prompt
+    if document_prompt is not None: prompts["document"] = document_prompt
     if instruction_template:
         tpl = INSTRUCTION_TEMPLATES.get(instruction_template, instruction_template)
-        if '{instruction}' not in tpl:
+        if "{instruction}" not in tpl:
             raise ValueError(f"instruction_template must contain '{{instruction}}' or be one of {sorted(INSTRUCTION_TEMPLATES)}, got {instruction_template!r}.")
-        for t in tasks: prompts[f'{t.metadata.name}-query'] = tpl.format(instruction=task_instruction(t))
+        for t in tasks: prompts[f"{t.metadata.name}-query"] = tpl.format(instruction=task_instruction(t))
     wrapper = SentenceTransformerEncoderWrapper(model)
     # set directly: mteb drops task-name keys it does not know (a local BEIR task), and must not rewrite model.prompts
     wrapper.model_prompts = prompts or None
@@ -139,7 +139,7 @@ def _prompts_used(model_prompts, metadata) -> dict:
     out = {}
     for pt in (PromptType.query, PromptType.document):
         name = get_prompt_name(model_prompts, metadata, pt) if model_prompts else None
-        out[pt.value] = {'name': name, 'text': model_prompts[name] if name else None}
+        out[pt.value] = {"name": name, "text": model_prompts[name] if name else None}
     return out
 
 def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress: bool = False,
@@ -154,7 +154,7 @@ def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress:
     encoder = _wrap(model, objs, query_prompt, document_prompt, instruction_template)
     result = mteb.evaluate(encoder, objs, cache=None, show_progress_bar=show_progress)
     by_name = {t.metadata.name: t for t in objs}
-    prompts = getattr(encoder, 'model_prompts', None)
+    prompts = getattr(encoder, "model_prompts", None)
     scores, meta = {}, {}
     for tr in result.task_results:
         scores[tr.task_name] = {split: {ours: float(s[0][theirs]) for theirs, ours in METRICS.items() if theirs in s[0]}
@@ -162,66 +162,66 @@ def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress:
         t = by_name.get(tr.task_name)
         md = t.metadata if t is not None else None
         meta[tr.task_name] = {
-            'version': task_version(tr.task_name), 'mteb_version': tr.mteb_version,
-            'dataset': dict(md.dataset) if md else None, 'dataset_revision': tr.dataset_revision,
-            'superseded_by': md.superseded_by if md else None, 'adapted_from': list(md.adapted_from or []) if md else None,
-            'type': md.type if md else None, 'main_score': md.main_score if md else None,
-            'eval_splits': list(md.eval_splits) if md else None, 'task_prompt': md.prompt if md else None,
-            'instruction': task_instruction(t) if t is not None else None,
-            'prompts': _prompts_used(prompts, md) if md else None,
-            'local_source': getattr(t, 'local_source', None), 'evaluation_time': tr.evaluation_time}
-    st = getattr(encoder, 'model', model)
-    out = {'scores': scores, 'mteb_version': mteb.__version__,
-           'model': {**(model_info or {}), 'mteb_name': result.model_name, 'mteb_revision': result.model_revision,
-                     'own_prompts': dict(getattr(st, 'prompts', None) or {}) or None,
-                     'default_prompt_name': getattr(st, 'default_prompt_name', None),
-                     'query_prompt': query_prompt, 'document_prompt': document_prompt,
-                     'instruction_template': INSTRUCTION_TEMPLATES.get(instruction_template, instruction_template),
-                     'prompts': prompts},
-           'tasks': meta}
+            "version": task_version(tr.task_name), "mteb_version": tr.mteb_version,
+            "dataset": dict(md.dataset) if md else None, "dataset_revision": tr.dataset_revision,
+            "superseded_by": md.superseded_by if md else None, "adapted_from": list(md.adapted_from or []) if md else None,
+            "type": md.type if md else None, "main_score": md.main_score if md else None,
+            "eval_splits": list(md.eval_splits) if md else None, "task_prompt": md.prompt if md else None,
+            "instruction": task_instruction(t) if t is not None else None,
+            "prompts": _prompts_used(prompts, md) if md else None,
+            "local_source": getattr(t, "local_source", None), "evaluation_time": tr.evaluation_time}
+    st = getattr(encoder, "model", model)
+    out = {"scores": scores, "mteb_version": mteb.__version__,
+           "model": {**(model_info or {}), "mteb_name": result.model_name, "mteb_revision": result.model_revision,
+                     "own_prompts": dict(getattr(st, "prompts", None) or {}) or None,
+                     "default_prompt_name": getattr(st, "default_prompt_name", None),
+                     "query_prompt": query_prompt, "document_prompt": document_prompt,
+                     "instruction_template": INSTRUCTION_TEMPLATES.get(instruction_template, instruction_template),
+                     "prompts": prompts},
+           "tasks": meta}
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(out, indent=1, default=str) + '\n')
+        Path(output).write_text(json.dumps(out, indent=1, default=str) + "\n")
     return out
 
 # %% ../nbs/14_mteb.ipynb #c012
 def main(argv=None):
     "CLI: `python -m causalneg.mteb_adapter MODEL (--task NAME | --beir FOLDER [--split S]) [--out FILE]`."
-    p = argparse.ArgumentParser(prog='python -m causalneg.mteb_adapter', description=main.__doc__)
-    p.add_argument('model', help="a sentence-transformers name or folder, a run folder (e.g. models/causalneg-s0: its final/ "
+    p = argparse.ArgumentParser(prog="python -m causalneg.mteb_adapter", description=main.__doc__)
+    p.add_argument("model", help="a sentence-transformers name or folder, a run folder (e.g. models/causalneg-s0: its final/ "
                                  "model, else its newest checkpoint), or 'packaged:all-MiniLM-L6-v2'")
-    p.add_argument('--task', action='append', default=[], help='an MTEB task name, e.g. HotpotQAHardNegatives (needs the Hub)')
-    p.add_argument('--beir', help='a local BEIR folder, evaluated offline')
-    p.add_argument('--split', default='test')
-    p.add_argument('--n-distractors', type=int, default=None)
-    p.add_argument('--max-queries', type=int, default=None)
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--query-prompt', help="text put before every query (replaces the model's own 'query' prompt)")
-    p.add_argument('--document-prompt', help="text put before every document (replaces the model's own 'document' prompt)")
-    p.add_argument('--instruction-template', help="give queries each task's own instruction in this template ('{instruction}' "
+    p.add_argument("--task", action="append", default=[], help="an MTEB task name, e.g. HotpotQAHardNegatives (needs the Hub)")
+    p.add_argument("--beir", help="a local BEIR folder, evaluated offline")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-distractors", type=int, default=None)
+    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--query-prompt", help="text put before every query (replaces the model's own 'query' prompt)")
+    p.add_argument("--document-prompt", help="text put before every document (replaces the model's own 'document' prompt)")
+    p.add_argument("--instruction-template", help="give queries each task's own instruction in this template ('{instruction}' "
                    "marks the place), or 'qwen3' for Qwen3-Embedding's, as mteb scores it; task versions differ in their instructions")
-    p.add_argument('--out', help='write the scores and what produced them (task versions, prompts, model folder) as JSON here')
+    p.add_argument("--out", help="write the scores and what produced them (task versions, prompts, model folder) as JSON here")
     a = p.parse_args(argv)
-    if not a.task and not a.beir: p.error('give at least one --task or a --beir folder')
+    if not a.task and not a.beir: p.error("give at least one --task or a --beir folder")
     try: path, note = resolve_model_folder(a.model)
     except OSError as e: p.error(str(e))
-    if note: print(f'mteb_adapter: {note}', file=sys.stderr)
+    if note: print(f"mteb_adapter: {note}", file=sys.stderr)
     from causalneg.encoders import load_encoder, resolve_model_path
     tasks = list(a.task) + ([beir_task(a.beir, a.split, n_distractors=a.n_distractors, max_queries=a.max_queries)] if a.beir else [])
     model = load_encoder(path, num_threads=a.threads, offline=not a.task)
     trained = _training_query_prompt(path, a.model) if Path(path).exists() else None
-    if trained and a.query_prompt is None and not (model.prompts or {}).get('query'):
+    if trained and a.query_prompt is None and not (model.prompts or {}).get("query"):
         print(f"mteb_adapter: the run was trained with query_prompt={trained!r}, which the saved model does not carry; "
               "pass --query-prompt to evaluate with it", file=sys.stderr)
-    info = {'requested': a.model, 'path': path, 'loaded_from': resolve_model_path(path), 'resolved': note,
-            'training_query_prompt': trained}
+    info = {"requested": a.model, "path": path, "loaded_from": resolve_model_path(path), "resolved": note,
+            "training_query_prompt": trained}
     rec = evaluate_mteb(model, tasks, a.out, query_prompt=a.query_prompt, document_prompt=a.document_prompt,
                         instruction_template=a.instruction_template, model_info=info)
-    for name, t in rec['tasks'].items():
-        if t.get('superseded_by'):
+    for name, t in rec["tasks"].items():
+        if t.get("superseded_by"):
             print(f"mteb_adapter: mteb marks {name} as superseded by {t['superseded_by']}; these scores are for "
                   f"{name} ({t['version']}), as the score file records", file=sys.stderr)
     print(json.dumps(rec, indent=1, default=str))
     return 0
 
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m`, not a notebook
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # `python -m`, not a notebook

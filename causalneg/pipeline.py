@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pipeline.ipynb #c003
 from __future__ import annotations
-import os, re, sys, time, json, copy, tempfile
+import os, re, sys, time, copy, tempfile
 from pathlib import Path
 
 # %% auto #0
@@ -17,30 +17,30 @@ def project_root(start=None) -> Path:
     "The repository root: the nearest folder at or above `start` (default: the cwd) holding `dvc.yaml` and `settings.ini`."
     here = Path(start or os.getcwd()).resolve()
     for d in (here, *here.parents):
-        if (d / 'dvc.yaml').is_file() and (d / 'settings.ini').is_file(): return d
+        if (d / "dvc.yaml").is_file() and (d / "settings.ini").is_file(): return d
     raise FileNotFoundError(f"{here} is not inside the causalneg project: no folder at or above it holds both dvc.yaml and "
                             "settings.ini. Open the notebook from a checkout of the repository, or cd into one.")
 
 # %% ../nbs/10_pipeline.ipynb #c005
-PIPELINE_DIR = Path('nbs/pipeline')
-REPORTS_DIR = Path('reports')
+PIPELINE_DIR = Path("nbs/pipeline")
+REPORTS_DIR = Path("reports")
 
 # a tqdm frame: "desc:  50%|#####     | 5/10 [00:05<00:05, 1.0step/s]" (any unit, scaled counts such as 1.2M/9.8M)
-_PROGRESS = re.compile(r'\d+%\|[^|]*\|\s*[\d.]+[kMGTP]?/[\d.?]+[kMGTP]?\s*\[')
-_BAR = re.compile(r'^(?P<desc>.*?)\s*\d+%\|')
+_PROGRESS = re.compile(r"\d+%\|[^|]*\|\s*[\d.]+[kMGTP]?/[\d.?]+[kMGTP]?\s*\[")
+_BAR = re.compile(r"^(?P<desc>.*?)\s*\d+%\|")
 # stderr lines that say nothing about the run: tqdm without ipywidgets, the kernel's debugger and transport notes, a font-cache build
-_NOISE = re.compile(r'TqdmWarning: IProgress not found|^\d+\.\d+s - |Kernel is running over TCP without encryption|Matplotlib is building the font cache')
+_NOISE = re.compile(r"TqdmWarning: IProgress not found|^\d+\.\d+s - |Kernel is running over TCP without encryption|Matplotlib is building the font cache")
 
 def _bar_key(line: str) -> str | None:
     "The bar a progress frame belongs to (its description), or None for a line that is not a frame."
     m = _BAR.match(line) if _PROGRESS.search(line) else None
-    return m['desc'] if m else None
+    return m["desc"] if m else None
 
 def _keep_lines(text: str) -> list:
     "A stderr stream's lines minus known noise (and the source line a dropped warning echoes), each bar reduced to its last frame."
     keep, echo, bars = [], False, {}
-    for l in re.split(r'[\r\n]+', text):
-        if echo and l[:1] in (' ', '\t'): continue
+    for l in re.split(r"[\r\n]+", text):
+        if echo and l[:1] in (" ", "\t"): continue
         echo = bool(_NOISE.search(l))
         if not l.strip() or echo: continue
         bar = _bar_key(l)
@@ -53,41 +53,41 @@ def strip_progress(nb):
     "Keep the last frame of each progress bar (the record of that step) and drop noise-only warnings from stderr outputs."
     for cell in nb.cells:
         keep = []
-        for out in cell.get('outputs', []):
-            if out.get('output_type') == 'stream' and out.get('name') == 'stderr':
-                lines = _keep_lines(out.get('text', ''))
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = _keep_lines(out.get("text", ""))
                 if not lines: continue
-                out['text'] = '\n'.join(lines) + '\n'
+                out["text"] = "\n".join(lines) + "\n"
             keep.append(out)
-        if 'outputs' in cell: cell['outputs'] = keep
+        if "outputs" in cell: cell["outputs"] = keep
     return nb
 
 # %% ../nbs/10_pipeline.ipynb #live-def
-_ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')  # cursor moves and colours that tqdm and loggers emit
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # cursor moves and colours that tqdm and loggers emit
 
 class LiveStream:
     "A kernel's stdout/stderr relayed as it arrives: as is to a terminal; to a pipe or log, one clean line per update."
     def __init__(self, target, every: float = 10.0, clock=time.monotonic):
         self.target, self.every, self.clock = target, every, clock
-        self.tty = hasattr(target, 'isatty') and target.isatty()
+        self.tty = hasattr(target, "isatty") and target.isatty()
         self.last, self.shown = {}, {}  # bar -> time of its last line, bar -> that line
     def write(self, text: str):
         if self.tty: self.target.write(text); return
-        for line in re.split(r'[\r\n]+', _ANSI.sub('', text)):
+        for line in re.split(r"[\r\n]+", _ANSI.sub("", text)):
             if not line.strip(): continue
             bar = _bar_key(line)
-            if bar is None: self.target.write(line + '\n'); continue
-            now, done = self.clock(), bool(re.search(r'\b100%\|', line))
+            if bar is None: self.target.write(line + "\n"); continue
+            now, done = self.clock(), bool(re.search(r"\b100%\|", line))
             if line == self.shown.get(bar): continue  # tqdm redraws the final frame when it closes
             if done or now - self.last.get(bar, -1e18) >= self.every:
-                self.target.write(line + '\n'); self.last[bar], self.shown[bar] = now, line
+                self.target.write(line + "\n"); self.last[bar], self.shown[bar] = now, line
     def flush(self):
         try: self.target.flush()
         except (AttributeError, ValueError): pass
 
 # %% ../nbs/10_pipeline.ipynb #c006
 def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELINE_DIR, reports_dir=REPORTS_DIR,
-                 kernel: str = 'python3', output_name: str | None = None) -> Path:
+                 kernel: str = "python3", output_name: str | None = None) -> Path:
     "Execute `pipeline_dir/NAME.ipynb` from the repo root with papermill; keep the executed copy and its HTML under `reports_dir`."
     try: import papermill as pm
     except ImportError:  # DVC runs `python` from PATH: `.venv/bin/dvc repro` alone does not put .venv/bin on it
@@ -95,11 +95,11 @@ def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELIN
                           "run `make repro`, or `source .venv/bin/activate` before `dvc repro`.") from None
     root = project_root()  # the stage's paths are relative to it, wherever in the checkout this runs
     pipeline_dir, reports_dir = root / pipeline_dir, root / reports_dir
-    src = pipeline_dir / f'{name}.ipynb'
+    src = pipeline_dir / f"{name}.ipynb"
     if not src.exists():
         raise FileNotFoundError(f"No pipeline notebook {src}. Available: {sorted(p.stem for p in pipeline_dir.glob('*.ipynb'))}")
     output_name = output_name or name  # one notebook run many times (a variant x seed) keeps one report per run
-    out = reports_dir / 'notebooks' / f'{output_name}.ipynb'
+    out = reports_dir / "notebooks" / f"{output_name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)  # papermill refuses a missing output folder
     start = time.time()
     try:
@@ -107,21 +107,21 @@ def run_notebook(name: str, parameters: dict | None = None, pipeline_dir=PIPELIN
         pm.execute_notebook(os.path.relpath(src), os.path.relpath(out), parameters=parameters or {}, kernel_name=kernel, progress_bar=False,
                             stdout_file=LiveStream(sys.stdout), stderr_file=LiveStream(sys.stderr), cwd=str(root))
     finally:
-        if out.exists(): render_html(out, reports_dir / f'{output_name}.html')  # a failed run is worth reading too
-    print(f'[causalneg] {output_name}: {time.time() - start:.1f} s', file=sys.stderr)
+        if out.exists(): render_html(out, reports_dir / f"{output_name}.html")  # a failed run is worth reading too
+    print(f"[causalneg] {output_name}: {time.time() - start:.1f} s", file=sys.stderr)
     return out
 
 # %% ../nbs/10_pipeline.ipynb #scrub-def
-_TEXT_MIMES = ('text/plain', 'text/html', 'text/markdown', 'text/latex')
+_TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
 def _path_subs(roots=()) -> list:
     "(pattern, replacement) pairs that make machine-specific absolute paths portable, most specific first."
-    subs = [(re.compile(r"(?:/[^\s'\"<>:/]+)+/((?:site|dist)-packages)/"), r'\1/')]  # an installed package, in any venv
+    subs = [(re.compile(r"(?:/[^\s'\"<>:/]+)+/((?:site|dist)-packages)/"), r"\1/")]  # an installed package, in any venv
     for r in sorted({str(Path(r).resolve()) for r in roots if r}, key=len, reverse=True):
-        subs += [(re.compile(re.escape(r) + '/'), ''), (re.compile(re.escape(r) + r'(?![\w.-])'), '.')]
-    if str(Path.home()) != '/': subs.append((re.compile(re.escape(str(Path.home())) + '(?=/)'), '~'))
-    for t in ('/private/tmp', '/var/tmp', tempfile.gettempdir(), '/tmp'):  # a temp folder: only its last part is kept
-        subs.append((re.compile(re.escape(t) + r"/(?:[^\s'\"<>:/]+/)*"), '$TMPDIR/'))
+        subs += [(re.compile(re.escape(r) + "/"), ""), (re.compile(re.escape(r) + r"(?![\w.-])"), ".")]
+    if str(Path.home()) != "/": subs.append((re.compile(re.escape(str(Path.home())) + "(?=/)"), "~"))
+    for t in ("/private/tmp", "/var/tmp", tempfile.gettempdir(), "/tmp"):  # a temp folder: only its last part is kept
+        subs.append((re.compile(re.escape(t) + r"/(?:[^\s'\"<>:/]+/)*"), "$TMPDIR/"))
     return subs
 
 def scrub_paths(nb, roots=()):
@@ -132,12 +132,12 @@ def scrub_paths(nb, roots=()):
         for pat, rep in subs: s = pat.sub(rep, s)
         return s
     for cell in nb.cells:
-        if 'injected-parameters' in cell.get('metadata', {}).get('tags', []): cell['source'] = fix(cell['source'])
-        for out in cell.get('outputs', []):
-            if 'text' in out: out['text'] = fix(out['text'])
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []): cell["source"] = fix(cell["source"])
+        for out in cell.get("outputs", []):
+            if "text" in out: out["text"] = fix(out["text"])
             for m in _TEXT_MIMES:
-                if m in out.get('data', {}): out['data'][m] = fix(out['data'][m])
-            if out.get('output_type') == 'error': out['traceback'], out['evalue'] = fix(out.get('traceback', [])), fix(out.get('evalue', ''))
+                if m in out.get("data", {}): out["data"][m] = fix(out["data"][m])
+            if out.get("output_type") == "error": out["traceback"], out["evalue"] = fix(out.get("traceback", [])), fix(out.get("evalue", ""))
     return nb
 
 # %% ../nbs/10_pipeline.ipynb #render-def
@@ -155,7 +155,7 @@ _REMOTE = re.compile(r'<script[^>]*\bsrc="(?:https?:)?//[^"]*"[^>]*>\s*</script>
 
 def offline_html(body: str) -> str:
     "Drop the scripts and styles nbconvert loads from a CDN (require.js, MathJax, mermaid): a static report needs none."
-    return _REMOTE.sub('', body)
+    return _REMOTE.sub("", body)
 
 def render_html(notebook, html_path, roots=None):
     "Render a notebook (a path or a node) to one self-contained HTML file: images embedded, noise and machine paths dropped."
@@ -166,9 +166,9 @@ def render_html(notebook, html_path, roots=None):
     roots = _roots(Path(html_path).resolve().parent, os.getcwd()) if roots is None else roots
     nb = scrub_paths(strip_progress(nb), roots)
     body, _ = HTMLExporter(embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
-        nb, resources={'metadata': {'name': Path(notebook if is_path else html_path).stem}})
+        nb, resources={"metadata": {"name": Path(notebook if is_path else html_path).stem}})
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(html_path).write_text(offline_html(body), encoding='utf-8')
+    Path(html_path).write_text(offline_html(body), encoding="utf-8")
 
 # %% ../nbs/10_pipeline.ipynb #c009
 def _scalar(value: str):
@@ -176,40 +176,40 @@ def _scalar(value: str):
     for cast in (int, float):
         try: return cast(value)
         except ValueError: pass
-    return {'true': True, 'false': False, 'none': None, 'null': None}.get(value.lower(), value)
+    return {"true": True, "false": False, "none": None, "null": None}.get(value.lower(), value)
 
-def lookup(params: dict, dotted: str, source='params.yaml'):
+def lookup(params: dict, dotted: str, source="params.yaml"):
     "The value at `a.b.c` in a nested params dict, with a clear error naming the missing key."
     node = params
-    for i, part in enumerate(dotted.split('.')):
+    for i, part in enumerate(dotted.split(".")):
         if not isinstance(node, dict) or part not in node:
             have = sorted(node) if isinstance(node, dict) else type(node).__name__
             raise KeyError(f"{source} has no `{'.'.join(dotted.split('.')[:i + 1])}` (available there: {have}).")
         node = node[part]
     return node
 
-def parse_parameters(args: list, params_file='params.yaml', validate: bool = False) -> dict:
+def parse_parameters(args: list, params_file="params.yaml", validate: bool = False) -> dict:
     "Parse `-p KEY VALUE` (scalar), `-y KEY YAML` and `-P KEY DOTTED.PATH` (value from params.yaml, validated first if `validate`)."
     import yaml
     params, i, loaded = {}, 0, None
     while i < len(args):
-        if args[i] not in ('-p', '-y', '-P'):
+        if args[i] not in ("-p", "-y", "-P"):
             raise ValueError(f"Expected `-p KEY VALUE`, `-y KEY YAML` or `-P KEY PARAM.PATH`, got {' '.join(args[i:i + 3])!r}.")
         if len(args) - i < 3: raise ValueError(f"`{args[i]}` needs a KEY and a VALUE.")
         flag, key, value = args[i:i + 3]
-        if flag == '-P':
+        if flag == "-P":
             if loaded is None:
                 loaded = yaml.safe_load(Path(params_file).read_text()) or {}
                 if validate:
                     from causalneg.config import validate_params
-                    loaded = validate_params(loaded, str(params_file))
+                    loaded = validate_params(loaded, str(params_file), only_kit=True)
             params[key] = lookup(loaded, value, params_file)
-        else: params[key] = yaml.safe_load(value) if flag == '-y' else _scalar(value)
+        else: params[key] = yaml.safe_load(value) if flag == "-y" else _scalar(value)
         i += 3
     return params
 
 # %% ../nbs/10_pipeline.ipynb #c012
-PROFILE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 def deep_merge(base: dict, overlay: dict) -> dict:
     "A copy of `base` with `overlay` merged in recursively (overlay wins; lists are replaced whole)."
@@ -222,7 +222,7 @@ def _round_trip():
     "A ruamel YAML instance that keeps comments, quotes and flow lists."
     from ruamel.yaml import YAML
     y = YAML(); y.preserve_quotes = True; y.width = 4096
-    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar('tag:yaml.org,2002:null', 'null'))
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 
 def _flow(value):
@@ -237,7 +237,7 @@ def _flow(value):
 def _overlay(tree, overlay: dict, source, path=()):
     "Set every value of `overlay` in the round-trip `tree`, refusing keys the default does not have."
     for k, v in overlay.items():
-        where = '.'.join(path + (str(k),))
+        where = ".".join(path + (str(k),))
         if k not in tree:
             raise KeyError(f"{source} sets `{where}`, which the default profile does not have "
                            f"(known there: {sorted(map(str, tree))}). Is it misspelt?")
@@ -245,35 +245,35 @@ def _overlay(tree, overlay: dict, source, path=()):
         else: tree[k] = _flow(v)
 
 # %% ../nbs/10_pipeline.ipynb #8c1bbbba
-def read_profile(name: str, profiles_dir='profiles') -> dict:
+def read_profile(name: str, profiles_dir="profiles") -> dict:
     "The overlay `profiles/NAME.yaml` as a dict, with errors that name the file."
     import yaml
     if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
         raise ValueError(f"Profile name {name!r} is not a plain name (letters, digits, '_' and '-'): profiles live in {profiles_dir}/.")
-    path = Path(profiles_dir) / f'{name}.yaml'
+    path = Path(profiles_dir) / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"No profile {path}. Available: {sorted(p.stem for p in Path(profiles_dir).glob('*.yaml'))}")
-    try: data = yaml.safe_load(path.read_text(encoding='utf-8'))
+    try: data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e: raise ValueError(f"{path} is not valid YAML: {e}") from None
     if data is None: return {}
     if not isinstance(data, dict): raise ValueError(f"{path} must hold a mapping of parameters, got a {type(data).__name__}.")
     return data
 
-def use_profile(name: str, params_file='params.yaml', profiles_dir='profiles') -> dict:
+def use_profile(name: str, params_file="params.yaml", profiles_dir="profiles") -> dict:
     "Write `params_file` as the default profile plus the overlay `profiles/NAME.yaml` (comments kept); return the values."
     import io, yaml
-    base = Path(profiles_dir) / 'default.yaml'
+    base = Path(profiles_dir) / "default.yaml"
     if not base.exists(): raise FileNotFoundError(f"No {base}: the commented default profile every other profile overlays.")
-    text = base.read_text(encoding='utf-8')
-    if name != 'default':
+    text = base.read_text(encoding="utf-8")
+    if name != "default":
         overlay = read_profile(name, profiles_dir)
         y = _round_trip(); tree = y.load(text)
-        _overlay(tree, {k: v for k, v in overlay.items() if k != 'profile'}, Path(profiles_dir) / f'{name}.yaml')
-        tree['profile'] = name
+        _overlay(tree, {k: v for k, v in overlay.items() if k != "profile"}, Path(profiles_dir) / f"{name}.yaml")
+        tree["profile"] = name
         buf = io.StringIO(); y.dump(tree, buf); text = buf.getvalue()
     from causalneg.config import validate_params
-    values = validate_params(yaml.safe_load(text), f'profile {name!r} (profiles/default.yaml + overlay)')  # before anything is written
-    Path(params_file).write_text(text, encoding='utf-8')
+    values = validate_params(yaml.safe_load(text), f"profile {name!r} (profiles/default.yaml + overlay)", only_kit=True)  # before anything is written
+    Path(params_file).write_text(text, encoding="utf-8")
     return values
 
 # %% ../nbs/10_pipeline.ipynb #docs-cells
@@ -282,34 +282,34 @@ def _directives(source: str) -> dict:
     out = {}
     for l in source.splitlines():
         if not l.strip(): continue
-        if not l.startswith('#|'): break
-        k, *v = l[2:].split(maxsplit=1) or ['']
-        out[k.rstrip(':')] = v[0].strip() if v else ''
+        if not l.startswith("#|"): break
+        k, *v = l[2:].split(maxsplit=1) or [""]
+        out[k.rstrip(":")] = v[0].strip() if v else ""
     return out
 
 def _directives_block(lines: list) -> list:
     "The leading lines of a cell that are nbdev directives (or blank)."
     n = 0
-    while n < len(lines) and (lines[n].startswith('#|') or not lines[n].strip()): n += 1
+    while n < len(lines) and (lines[n].startswith("#|") or not lines[n].strip()): n += 1
     return lines[:n]
 
 def _skip_reason(source: str, flags) -> str | None:
     "Why `nbdev_test` would not run this code cell (`eval: false`, a test flag, a call of nbdev's export), else None."
     d = _directives(source)
-    if d.get('eval', '').lower() == 'false': return 'eval: false'
-    if set(flags) & set(d): return ', '.join(sorted(set(flags) & set(d)))
-    if 'nbdev_export' + '(' in source: return 'nbdev_export'
+    if d.get("eval", "").lower() == "false": return "eval: false"
+    if set(flags) & set(d): return ", ".join(sorted(set(flags) & set(d)))
+    if "nbdev_export" + "(" in source: return "nbdev_export"
     return None
 
 def _docs_view(nb):
     "The notebook as its page shows it: `hide` cells dropped, leading directive lines removed from the code."
     cells = []
     for c in nb.cells:
-        if c.cell_type == 'code':
-            if 'hide' in _directives(c.source): continue
+        if c.cell_type == "code":
+            if "hide" in _directives(c.source): continue
             lines = c.source.splitlines()
-            c.source = '\n'.join(lines[len(_directives_block(lines)):])
-            if not c.source.strip() and not c.get('outputs'): continue
+            c.source = "\n".join(lines[len(_directives_block(lines)):])
+            if not c.source.strip() and not c.get("outputs"): continue
         cells.append(c)
     nb.cells = cells
     return nb
@@ -318,57 +318,57 @@ def _docs_view(nb):
 def _test_flags(root) -> list:
     "The `tst_flags` of `settings.ini`: cells with these flags are not run by `nbdev_test`, nor for the docs."
     import configparser
-    cfg = configparser.ConfigParser(); cfg.read(Path(root) / 'settings.ini')
-    return cfg['DEFAULT'].get('tst_flags', '').split()
+    cfg = configparser.ConfigParser(); cfg.read(Path(root) / "settings.ini")
+    return cfg["DEFAULT"].get("tst_flags", "").split()
 
 def _library_notebooks(root, names=None) -> list:
     "The library notebooks `nbs/NN_*.ipynb` (all, or those named by stem or path), with a clear error for a missing one."
-    have = sorted((Path(root) / 'nbs').glob('[0-9][0-9]_*.ipynb'))
+    have = sorted((Path(root) / "nbs").glob("[0-9][0-9]_*.ipynb"))
     if names is None: return have
-    picked = [Path(n) if str(n).endswith('.ipynb') else Path(root) / 'nbs' / f'{n}.ipynb' for n in names]
+    picked = [Path(n) if str(n).endswith(".ipynb") else Path(root) / "nbs" / f"{n}.ipynb" for n in names]
     missing = [str(p) for p in picked if not p.is_file()]
     if missing: raise FileNotFoundError(f"No notebook {', '.join(missing)}. Library notebooks: {[p.stem for p in have]}")
     return picked
 
-def render_docs(out='reports/docs', notebooks=None, timeout=900, skip_flags=None, root=None) -> dict:
+def render_docs(out="reports/docs", notebooks=None, timeout=900, skip_flags=None, root=None) -> dict:
     "Execute library notebooks from the repo root and render each, outputs included, to `out/NAME.html`; return each one's status."
     import nbformat
     from nbclient import NotebookClient
     root = Path(root) if root else project_root()
     out, flags = root / out, _test_flags(root) if skip_flags is None else list(skip_flags)
-    env = {**os.environ, 'IN_TEST': '1'}  # as under nbdev_test: an exported `if __name__ == '__main__'` CLI stays quiet
-    for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): env.setdefault(k, '1')
+    env = {**os.environ, "IN_TEST": "1"}  # as under nbdev_test: an exported `if __name__ == '__main__'` CLI stays quiet
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): env.setdefault(k, "1")
     done = {}
     for path in _library_notebooks(root, notebooks):
         nb, t0 = nbformat.read(str(path), as_version=4), time.time()
         for c in nb.cells:
-            why = _skip_reason(c.source, flags) if c.cell_type == 'code' else None
+            why = _skip_reason(c.source, flags) if c.cell_type == "code" else None
             if not why: continue
-            c.metadata.setdefault('tags', []).append('skip-execution'); c.outputs = []
+            c.metadata.setdefault("tags", []).append("skip-execution"); c.outputs = []
             lines = c.source.splitlines(); n = len(_directives_block(lines))  # the note goes after the directives
-            c.source = '\n'.join(lines[:n] + [f'# (not run here: {why})'] + lines[n:])
+            c.source = "\n".join(lines[:n] + [f"# (not run here: {why})"] + lines[n:])
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name='python3', skip_cells_with_tag='skip-execution',
-                           resources={'metadata': {'path': str(root)}}).execute(env=env)
-            status = 'ok'
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", skip_cells_with_tag="skip-execution",
+                           resources={"metadata": {"path": str(root)}}).execute(env=env)
+            status = "ok"
         except Exception as e:  # the page still shows every cell up to the failure, and its error
-            status = f"failed: {getattr(e, 'ename', type(e).__name__)}: {str(getattr(e, 'evalue', '') or '')[:200]}".rstrip(': ')
-        render_html(_docs_view(nb), out / f'{path.stem}.html', roots=[root])
-        done[path.stem] = {'status': status, 'seconds': round(time.time() - t0, 1)}
+            status = f"failed: {getattr(e, 'ename', type(e).__name__)}: {str(getattr(e, 'evalue', '') or '')[:200]}".rstrip(": ")
+        render_html(_docs_view(nb), out / f"{path.stem}.html", roots=[root])
+        done[path.stem] = {"status": status, "seconds": round(time.time() - t0, 1)}
         print(f"[causalneg] docs {path.stem}: {status} ({done[path.stem]['seconds']} s)", file=sys.stderr)
     return done
 
 # %% ../nbs/10_pipeline.ipynb #index-def
 _SECTIONS = [  # (title, test on the path relative to reports/): a file goes to the first section that takes it
-    ('Pipeline reports', lambda p: len(p.parts) == 1 and p.suffix == '.html'),
-    ('Claims', lambda p: len(p.parts) == 1 and p.stem == 'claims'),
-    ('Tables', lambda p: len(p.parts) == 1 and p.suffix in ('.md', '.csv')),
-    ('Figures', lambda p: p.parts[0] == 'figures' and p.suffix.lower() in ('.png', '.svg', '.jpg', '.jpeg', '.gif')),
-    ('Metrics', lambda p: p.parts[0] == 'metrics'),
-    ('Per-query results', lambda p: p.parts[0] == 'per_query'),
-    ('Library notebooks', lambda p: p.parts[0] == 'docs' and p.suffix == '.html'),
-    ('Executed pipeline notebooks', lambda p: p.parts[0] == 'notebooks'),
-    ('Other files', lambda p: True)]
+    ("Pipeline reports", lambda p: len(p.parts) == 1 and p.suffix == ".html"),
+    ("Claims", lambda p: len(p.parts) == 1 and p.stem == "claims"),
+    ("Tables", lambda p: len(p.parts) == 1 and p.suffix in (".md", ".csv")),
+    ("Figures", lambda p: p.parts[0] == "figures" and p.suffix.lower() in (".png", ".svg", ".jpg", ".jpeg", ".gif")),
+    ("Metrics", lambda p: p.parts[0] == "metrics"),
+    ("Per-query results", lambda p: p.parts[0] == "per_query"),
+    ("Library notebooks", lambda p: p.parts[0] == "docs" and p.suffix == ".html"),
+    ("Executed pipeline notebooks", lambda p: p.parts[0] == "notebooks"),
+    ("Other files", lambda p: True)]
 
 _INDEX_CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}li{margin:.25em 0}.size{color:#888;font-size:.85em}
@@ -378,73 +378,73 @@ pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:.8em}"""
 
 def _size(n: int) -> str:
     "A file size for people: B, kB or MB."
-    return f'{n} B' if n < 1000 else f'{n / 1000:.0f} kB' if n < 10 ** 6 else f'{n / 10 ** 6:.1f} MB'
+    return f"{n} B" if n < 1000 else f"{n / 1000:.0f} kB" if n < 10 ** 6 else f"{n / 10 ** 6:.1f} MB"
 
-def write_index(reports='reports', out=None) -> Path:
+def write_index(reports="reports", out=None) -> Path:
     "Write `reports/index.html`: one offline page linking every report, table, figure (a thumbnail), metric and docs page."
     import html
     from urllib.parse import quote
     reports = Path(reports) if Path(reports).is_absolute() else project_root() / reports
-    out = Path(out) if out else reports / 'index.html'
-    files = sorted(p.relative_to(reports) for p in reports.rglob('*') if p.is_file() and p.resolve() != out.resolve()
-                   and not any(part.startswith('.') for part in p.relative_to(reports).parts))
+    out = Path(out) if out else reports / "index.html"
+    files = sorted(p.relative_to(reports) for p in reports.rglob("*") if p.is_file() and p.resolve() != out.resolve()
+                   and not any(part.startswith(".") for part in p.relative_to(reports).parts))
     groups = {title: [] for title, _ in _SECTIONS}
     for f in files: groups[next(title for title, takes in _SECTIONS if takes(f))].append(f)
-    body = [f'<h1>causalneg reports</h1><p>{len(files)} files under <code>{html.escape(reports.name)}/</code>: what the pipeline '
-            'wrote (<code>make repro</code>) and the executed library notebooks (<code>make docs</code>). Every link is relative.</p>']
+    body = [f"<h1>causalneg reports</h1><p>{len(files)} files under <code>{html.escape(reports.name)}/</code>: what the pipeline "
+            "wrote (<code>make repro</code>) and the executed library notebooks (<code>make docs</code>). Every link is relative.</p>"]
     for title, items in groups.items():
         if not items: continue
-        body.append(f'<h2>{title}</h2>')
+        body.append(f"<h2>{title}</h2>")
         link = lambda f: html.escape(quote(Path(os.path.relpath(reports / f, out.parent)).as_posix()))
-        if title == 'Figures':
-            body.append('<div class="figs">' + ''.join(f'<a href="{link(f)}"><img src="{link(f)}" alt="{html.escape(f.name)}" loading="lazy">'
-                                                       f'{html.escape(f.name)}</a>' for f in items) + '</div>')
+        if title == "Figures":
+            body.append('<div class="figs">' + "".join(f'<a href="{link(f)}"><img src="{link(f)}" alt="{html.escape(f.name)}" loading="lazy">'
+                                                       f'{html.escape(f.name)}</a>' for f in items) + "</div>")
             continue
         rows = []
         for f in items:
             size = (reports / f).stat().st_size
             row = f'<li><a href="{link(f)}">{html.escape(f.as_posix())}</a> <span class="size">{_size(size)}</span>'
-            if f.suffix == '.md' and size < 50_000:
+            if f.suffix == ".md" and size < 50_000:
                 row += f'<details><summary>show</summary><pre>{html.escape((reports / f).read_text(encoding="utf-8", errors="replace"))}</pre></details>'
-            rows.append(row + '</li>')
-        body.append('<ul>' + ''.join(rows) + '</ul>')
+            rows.append(row + "</li>")
+        body.append("<ul>" + "".join(rows) + "</ul>")
     page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>causalneg reports</title><style>{_INDEX_CSS}</style></head>'
-            f'<body>\n' + '\n'.join(body) + '\n</body></html>\n')
-    out.parent.mkdir(parents=True, exist_ok=True); out.write_text(page, encoding='utf-8')
+            f'<body>\n' + "\n".join(body) + "\n</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True); out.write_text(page, encoding="utf-8")
     return out
 
 # %% ../nbs/10_pipeline.ipynb #c014
 def _docs_main(argv) -> int:
     "`docs [--out DIR] [--reports DIR] [--timeout S] [NOTEBOOK ...]`: render library notebooks, then the index; `index`: the index only."
-    opts, names, rest = {'--out': 'reports/docs', '--reports': 'reports', '--timeout': '900'}, [], argv[1:]
+    opts, names, rest = {"--out": "reports/docs", "--reports": "reports", "--timeout": "900"}, [], argv[1:]
     while rest:
         if rest[0] in opts:
-            if len(rest) < 2: raise SystemExit(f'{rest[0]} needs a value')
+            if len(rest) < 2: raise SystemExit(f"{rest[0]} needs a value")
             opts[rest[0]], rest = rest[1], rest[2:]
         else: names, rest = names + [rest[0]], rest[1:]
-    if argv[0] == 'index' and names: raise SystemExit('usage: python -m causalneg.pipeline index [--reports DIR]')
-    done = render_docs(opts['--out'], names or None, timeout=float(opts['--timeout'])) if argv[0] == 'docs' else {}
+    if argv[0] == "index" and names: raise SystemExit("usage: python -m causalneg.pipeline index [--reports DIR]")
+    done = render_docs(opts["--out"], names or None, timeout=float(opts["--timeout"])) if argv[0] == "docs" else {}
     print(f"[causalneg] index: {write_index(opts['--reports'])}", file=sys.stderr)
-    failed = [n for n, r in done.items() if r['status'] != 'ok']
+    failed = [n for n, r in done.items() if r["status"] != "ok"]
     if failed: print(f"[causalneg] docs: failed (their pages show the error): {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 def main(argv=None):
     "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...`, `use-profile NAME`, or `docs`/`index`."
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help') or (argv[0] in ('docs', 'index') and {'-h', '--help'} & set(argv)):
-        print(main.__doc__ + '\n' + _docs_main.__doc__); return 0
-    if argv[0] in ('docs', 'index'): return _docs_main(argv)
-    if argv[0] == 'use-profile':
-        if len(argv) != 2: raise SystemExit('usage: python -m causalneg.pipeline use-profile NAME')
+    if not argv or argv[0] in ("-h", "--help") or (argv[0] in ("docs", "index") and {"-h", "--help"} & set(argv)):
+        print(main.__doc__ + "\n" + _docs_main.__doc__); return 0
+    if argv[0] in ("docs", "index"): return _docs_main(argv)
+    if argv[0] == "use-profile":
+        if len(argv) != 2: raise SystemExit("usage: python -m causalneg.pipeline use-profile NAME")
         root = project_root()
-        use_profile(argv[1], root / 'params.yaml', root / 'profiles'); print(f'params.yaml now uses profile {argv[1]!r}'); return 0
-    name, rest, opts = argv[0], argv[1:], {'--as': None, '--reports': REPORTS_DIR}
+        use_profile(argv[1], root / "params.yaml", root / "profiles"); print(f"params.yaml now uses profile {argv[1]!r}"); return 0
+    name, rest, opts = argv[0], argv[1:], {"--as": None, "--reports": REPORTS_DIR}
     while rest[:1] and rest[0] in opts:
-        if len(rest) < 2: raise SystemExit(f'{rest[0]} needs a value')
+        if len(rest) < 2: raise SystemExit(f"{rest[0]} needs a value")
         opts[rest[0]], rest = rest[1], rest[2:]
-    run_notebook(name, parse_parameters(rest, project_root() / 'params.yaml', validate=True), reports_dir=opts['--reports'], output_name=opts['--as'])
+    run_notebook(name, parse_parameters(rest, project_root() / "params.yaml", validate=True), reports_dir=opts["--reports"], output_name=opts["--as"])
     return 0
 
 # %% ../nbs/10_pipeline.ipynb #c015
-if __name__ == '__main__' and not os.environ.get('IN_TEST'): sys.exit(main())
+if __name__ == "__main__" and not os.environ.get("IN_TEST"): sys.exit(main())

@@ -5,9 +5,7 @@
 # %% ../nbs/05a_prompt_profiles.ipynb #c002
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['FACETS', 'STRATEGY_TYPES', 'CONSTRAINT_SUBTYPES', 'ORIGINS', 'PROFILES', 'Example', 'Profile', 'get_profile']

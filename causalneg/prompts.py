@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from functools import partial
 
 # %% auto #0
 __all__ = ['truncate_words', 'lead_words', 'render_analysis', 'analysis_system', 'build_analysis_messages', 'generation_system',

@@ -12,12 +12,12 @@ __all__ = ['PACKAGE', 'module_path', 'package_imports', 'module_closure', 'noteb
            'code_fingerprint']
 
 # %% ../nbs/15_provenance.ipynb #91979d36
-PACKAGE = 'causalneg'
+PACKAGE = "causalneg"
 
 def module_path(name: str) -> Path:
     "The source file of module `name` (e.g. 'causalneg.losses'), found without importing it."
     spec = importlib.util.find_spec(name)
-    if spec is None or not spec.origin or not spec.origin.endswith('.py'):
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         raise ModuleNotFoundError(f"No source file for module {name!r}: is the package installed (`make setup`)?")
     return Path(spec.origin)
 
@@ -27,17 +27,17 @@ def package_imports(tree: ast.AST, package: str = PACKAGE, current: str | None =
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split('.')[0] == package}
+            found |= {a.name for a in node.names if a.name.split(".")[0] == package}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ''
+            base = node.module or ""
             if node.level:  # relative import: resolve against the importing module's package
                 if current is None: continue
-                parent = current.rsplit('.', node.level)[0]
-                base = f'{parent}.{base}' if base else parent
-            if base.split('.')[0] != package: continue
+                parent = current.rsplit(".", node.level)[0]
+                base = f"{parent}.{base}" if base else parent
+            if base.split(".")[0] != package: continue
             found.add(base)
             # `from causalneg import losses` names a module, not an attribute
-            found |= {f'{base}.{a.name}' for a in node.names if importlib.util.find_spec(f'{base}.{a.name}') is not None} if base == package else set()
+            found |= {f"{base}.{a.name}" for a in node.names if importlib.util.find_spec(f"{base}.{a.name}") is not None} if base == package else set()
     return {m for m in found if m != package}
 
 # %% ../nbs/15_provenance.ipynb #a7d83ad1
@@ -48,14 +48,14 @@ def module_closure(names, package: str = PACKAGE) -> list:
         name = todo.pop()
         if name in seen: continue
         seen.add(name)
-        todo += package_imports(ast.parse(module_path(name).read_text(encoding='utf-8')), package, name) - seen
+        todo += package_imports(ast.parse(module_path(name).read_text(encoding="utf-8")), package, name) - seen
     return sorted(seen)
 
 def notebook_imports(path, package: str = PACKAGE) -> set:
     "`package` modules imported by the code cells of a notebook."
-    nb = json.loads(Path(path).read_text(encoding='utf-8'))
-    src = '\n'.join(l for c in nb['cells'] if c['cell_type'] == 'code'
-                    for l in ''.join(c['source']).splitlines() if not l.lstrip().startswith(('%', '!')))
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    src = "\n".join(l for c in nb["cells"] if c["cell_type"] == "code"
+                    for l in "".join(c["source"]).splitlines() if not l.lstrip().startswith(("%", "!")))
     return package_imports(ast.parse(src), package)
 
 # %% ../nbs/15_provenance.ipynb #cc111d30
@@ -75,6 +75,6 @@ def source_fingerprint(source: str) -> str:
 # %% ../nbs/15_provenance.ipynb #03405771
 def code_fingerprint(names, package: str = PACKAGE) -> dict:
     "Per-module code hashes of the import closure of `names`, plus their combined `'_all'` hash."
-    parts = {m: source_fingerprint(module_path(m).read_text(encoding='utf-8')) for m in module_closure(names, package)}
-    parts['_all'] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    parts = {m: source_fingerprint(module_path(m).read_text(encoding="utf-8")) for m in module_closure(names, package)}
+    parts["_all"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return parts

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from functools import partial
 from .prompt_profiles import CONSTRAINT_SUBTYPES, FACETS, STRATEGY_TYPES
 

@@ -4,8 +4,8 @@
 
 # %% ../nbs/09_train.ipynb #c003
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, os, re, sys
-from dataclasses import dataclass, field, asdict
+import argparse, dataclasses, hashlib, json, os, re, sys
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from collections.abc import Sequence
 import torch
@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from transformers import TrainerCallback
 from .encoders import DEVICES, resolve_device
-from .losses import SOURCES, GENERATED_SOURCES, PAD_CODE, source_codes, CausalNegLoss, diagnostic_keys
+from .losses import SOURCES, PAD_CODE, source_codes, CausalNegLoss
 
 # %% auto #0
 __all__ = ['NEG_PREFIX', 'build_train_dataset', 'split_dev', 'default_pooling', 'ensure_eos', 'load_backbone',
@@ -223,7 +223,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.save_strategy must be 'no', 'steps' or 'epoch', got {self.save_strategy!r}.")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         "Build from a dict, rejecting unknown keys with the list of valid ones."
         names = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(d) - names):

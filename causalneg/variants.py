@@ -4,8 +4,7 @@
 
 # %% ../nbs/11_variants.ipynb #c003
 from __future__ import annotations
-from dataclasses import dataclass, field, asdict
-from pathlib import Path
+from dataclasses import dataclass, field
 
 # %% auto #0
 __all__ = ['NOT_A_NEW_NEGATIVE', 'Variant', 'main_variants', 'ablation_variants', 'check_drop', 'usable', 'variant_examples',
@@ -30,50 +29,50 @@ def _v(name, label, lam=0.0, **neg): return Variant(name, label, neg, lam)
 def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_effective: float = 0.4) -> list:
     "The main-table rows for N_m mined and N_g generated negatives per query."
     M, G = n_mined, n_gen
-    return [Variant('zeroshot', 'zero-shot', train=False),
-            _v('random', 'random', random=M),
-            _v('mined', 'mined', mined=M),
-            _v('mined_matched', f'mined, matched count ({M + G})', mined=M + G),
-            _v('naive', 'naive-generated', naive=G),
-            _v('cot', 'CoT-generated', causalneg=G),
-            _v('mined_naive', 'mined + naive', mined=M, naive=G),
-            _v('mined_cot', 'mined + CoT', mined=M, causalneg=G),
-            _v('causalneg', 'mined + CoT + entropy (CausalNeg)', lambda_ent, mined=M, causalneg=G),
-            _v('causalneg_eff', f'CausalNeg at the effective weight (lambda={lambda_effective:g})', lambda_effective, mined=M, causalneg=G),
-            _v('mined_naive_ent', 'mined + naive + entropy', lambda_ent, mined=M, naive=G)]
+    return [Variant("zeroshot", "zero-shot", train=False),
+            _v("random", "random", random=M),
+            _v("mined", "mined", mined=M),
+            _v("mined_matched", f"mined, matched count ({M + G})", mined=M + G),
+            _v("naive", "naive-generated", naive=G),
+            _v("cot", "CoT-generated", causalneg=G),
+            _v("mined_naive", "mined + naive", mined=M, naive=G),
+            _v("mined_cot", "mined + CoT", mined=M, causalneg=G),
+            _v("causalneg", "mined + CoT + entropy (CausalNeg)", lambda_ent, mined=M, causalneg=G),
+            _v("causalneg_eff", f"CausalNeg at the effective weight (lambda={lambda_effective:g})", lambda_effective, mined=M, causalneg=G),
+            _v("mined_naive_ent", "mined + naive + entropy", lambda_ent, mined=M, naive=G)]
 
 def ablation_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambdas=(), taus=()) -> list:
     "Entropy without its H term, without its balance term, and the lambda / tau_ent sweeps."
-    base = {'mined': n_mined, 'causalneg': n_gen}
-    out = [Variant('causalneg_no_h', 'CausalNeg without H term', base, lambda_ent, entropy_term=False),
-           Variant('causalneg_no_balance', 'CausalNeg without balance term', base, lambda_ent, balance_term=False)]
-    out += [Variant(f'causalneg_lambda_{l:g}', f'CausalNeg, lambda={l:g}', base, l) for l in lambdas]
-    out += [Variant(f'causalneg_tau_{t:g}', f'CausalNeg, tau_ent={t:g}', base, lambda_ent, tau_ent=t) for t in taus]
+    base = {"mined": n_mined, "causalneg": n_gen}
+    out = [Variant("causalneg_no_h", "CausalNeg without H term", base, lambda_ent, entropy_term=False),
+           Variant("causalneg_no_balance", "CausalNeg without balance term", base, lambda_ent, balance_term=False)]
+    out += [Variant(f"causalneg_lambda_{l:g}", f"CausalNeg, lambda={l:g}", base, l) for l in lambdas]
+    out += [Variant(f"causalneg_tau_{t:g}", f"CausalNeg, tau_ent={t:g}", base, lambda_ent, tau_ent=t) for t in taus]
     return out
 
 # %% ../nbs/11_variants.ipynb #c008
-NOT_A_NEW_NEGATIVE = ('empty', 'same_as_positive', 'near_duplicate_positive', 'copy_of_candidate',
-                      'copy_of_prompt_example', 'duplicate_within_query')
+NOT_A_NEW_NEGATIVE = ("empty", "same_as_positive", "near_duplicate_positive", "copy_of_candidate",
+                      "copy_of_prompt_example", "duplicate_within_query")
 
 def check_drop(drop) -> str | tuple:
     "Validate a `drop` setting: 'all' or a list of filter reasons from `causalneg.perturbation.FILTER_REASONS`."
     from causalneg.perturbation import FILTER_REASONS
-    if drop == 'all': return drop
-    if isinstance(drop, str) or not hasattr(drop, '__iter__'):
+    if drop == "all": return drop
+    if isinstance(drop, str) or not hasattr(drop, "__iter__"):
         raise ValueError(f"drop_reasons must be 'all' or a list of filter reasons, got {drop!r}.")
     unknown = [r for r in drop if r not in FILTER_REASONS]
     if unknown: raise ValueError(f"drop_reasons: unknown filter reason(s) {unknown}. Known: {list(FILTER_REASONS)}.")
     return tuple(drop)
 
-def usable(negatives: list, drop='all') -> list:
+def usable(negatives: list, drop="all") -> list:
     "Negatives a variant may train on: non-empty text with no filter reason in `drop` ('all': no flag at all)."
     drop = check_drop(drop)
     def dropped(n):
-        reasons = n.get('filter_reasons') or ([n['filter']] if n.get('filter') else [])
-        return bool(reasons) if drop == 'all' else any(r in drop for r in reasons)
-    return [n for n in negatives if n.get('text', '').strip() and not dropped(n)]
+        reasons = n.get("filter_reasons") or ([n["filter"]] if n.get("filter") else [])
+        return bool(reasons) if drop == "all" else any(r in drop for r in reasons)
+    return [n for n in negatives if n.get("text", "").strip() and not dropped(n)]
 
-def variant_examples(variant: Variant, queries: list, pools: dict, drop='all') -> list:
+def variant_examples(variant: Variant, queries: list, pools: dict, drop="all") -> list:
     "Training examples {qid, query, positive, negatives} of `variant` for `queries` (records with qid/query/positive)."
     missing = [s for s in variant.negatives if s not in pools]
     if missing: raise ValueError(f"variant {variant.name!r} needs negatives from {missing}, but only {sorted(pools)} were given.")
@@ -81,9 +80,9 @@ def variant_examples(variant: Variant, queries: list, pools: dict, drop='all') -
     for q in queries:
         negs = []
         for source, n in variant.negatives.items():
-            got = usable(pools[source].get(q['qid'], []), drop)[:n]
-            negs += [{**x, 'source': source if source in ('mined', 'random') else x.get('source', source)} for x in got]
-        out.append({'qid': q['qid'], 'query': q['query'], 'positive': q['positive'], 'negatives': negs})
+            got = usable(pools[source].get(q["qid"], []), drop)[:n]
+            negs += [{**x, "source": source if source in ("mined", "random") else x.get("source", source)} for x in got]
+        out.append({"qid": q["qid"], "query": q["query"], "positive": q["positive"], "negatives": negs})
     return out
 
 def negative_counts(examples: list) -> dict:
@@ -91,10 +90,10 @@ def negative_counts(examples: list) -> dict:
     counts, flagged, per_query = {}, {}, []
     for ex in examples:
         c = {}
-        for n in ex['negatives']:
-            c[n['source']] = c.get(n['source'], 0) + 1
-            if n.get('filter_reasons') or n.get('filter'): flagged[n['source']] = flagged.get(n['source'], 0) + 1
+        for n in ex["negatives"]:
+            c[n["source"]] = c.get(n["source"], 0) + 1
+            if n.get("filter_reasons") or n.get("filter"): flagged[n["source"]] = flagged.get(n["source"], 0) + 1
         per_query.append(c)
         for s, k in c.items(): counts[s] = counts.get(s, 0) + k
-    return {'queries': len(examples), 'negatives': counts, 'flagged': flagged,
-            'queries_without': {s: sum(1 for c in per_query if not c.get(s)) for s in counts}}
+    return {"queries": len(examples), "negatives": counts, "flagged": flagged,
+            "queries_without": {s: sum(1 for c in per_query if not c.get(s)) for s in counts}}

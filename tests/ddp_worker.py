@@ -8,10 +8,12 @@ Runs on CPU with the gloo backend:
    accelerate DDP); the saved model and log land in WORKDIR/ddp_run.
 The test compares both with one process on the same global batch.
 """
-import json, os, sys
+
+import os, sys
 from pathlib import Path
 
-for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[var] = "1"
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
 os.environ.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 import torch
@@ -23,6 +25,7 @@ torch.set_num_threads(1)
 def loss_level(work: Path, rank: int, world: int) -> None:
     "Per-rank loss and DDP-averaged gradients on this rank's half of the fixed batch."
     from causalneg.losses import CausalNegLoss
+
     data = torch.load(work / "loss_inputs.pt")
     b = data["q"].shape[0] // world
     sl = slice(rank * b, (rank + 1) * b)
@@ -37,17 +40,19 @@ def loss_level(work: Path, rank: int, world: int) -> None:
         for k, t in (("q", q), ("pos", pos), ("negs", negs)):
             g = torch.zeros_like(data[k])
             g[sl] = t.grad
-            dist.all_reduce(g)          # every row belongs to one rank: the sum assembles the full gradient
-            grads[k] = g / world        # DDP averages over processes
+            dist.all_reduce(g)  # every row belongs to one rank: the sum assembles the full gradient
+            grads[k] = g / world  # DDP averages over processes
         vals = torch.stack([p.detach() for p in parts.values()])
         dist.all_reduce(vals)
         out[name] = {"parts": {k: v.item() / world for k, v in zip(parts, vals)}, "grads": grads}
-    if rank == 0: torch.save(out, work / "loss_results.pt")
+    if rank == 0:
+        torch.save(out, work / "loss_results.pt")
 
 
 def trainer_level(work: Path) -> None:
     "Train the tiny backbone under torchrun through the kit's command line (`python -m causalneg.train`)."
     from causalneg.train import main
+
     main(["--examples", str(work / "examples.jsonl"), "--config", str(work / "train_config.json")])
 
 
@@ -58,4 +63,5 @@ if __name__ == "__main__":
     loss_level(work, rank, world)
     dist.barrier()
     trainer_level(work)
-    if dist.is_initialized(): dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()

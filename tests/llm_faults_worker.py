@@ -4,6 +4,7 @@ Usage: python tests/llm_faults_worker.py BASE_URL FOLDER N CONCURRENCY ORDER(fwd
 Writes READY_FILE once imported, waits for GO_FILE (so both processes start their calls together), maps
 `chat_json` over the N items in ORDER, and prints one JSON line {"results": [...], "summary": {...}}.
 """
+
 import json, sys, time
 from pathlib import Path
 from llm_kill_run import SCHEMA, config, messages
@@ -16,6 +17,7 @@ if __name__ == "__main__":
     with LLMClient(config(base_url, conc), folder, progress=False) as llm:
         Path(ready).write_text("ready")
         deadline = time.monotonic() + 60
-        while not Path(go).exists() and time.monotonic() < deadline: time.sleep(0.01)
+        while not Path(go).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         results = llm.map(lambda i: llm.chat_json(messages(i), SCHEMA, name="negative"), items)
         print(json.dumps({"results": results, "summary": llm.ledger.summary()}), flush=True)

@@ -1,4 +1,5 @@
 """scripts/build_llm_cache.py: blocks, slices of the mined files, the stage's parameters, the worker pool."""
+
 import importlib.util
 import json
 import sys
@@ -10,7 +11,7 @@ import yaml
 from causalneg.pipeline import lookup
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location('build_llm_cache', ROOT / 'scripts' / 'build_llm_cache.py')
+spec = importlib.util.spec_from_file_location("build_llm_cache", ROOT / "scripts" / "build_llm_cache.py")
 blc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(blc)
 
@@ -18,77 +19,91 @@ spec.loader.exec_module(blc)
 def test_plan_blocks_cover_the_range_once():
     assert blc.plan_blocks(70, 82, 5) == [(70, 75), (75, 80), (80, 82)]
     assert blc.plan_blocks(5, 5, 5) == []
-    with pytest.raises(ValueError, match='--step'): blc.plan_blocks(0, 10, 0)
-    with pytest.raises(ValueError, match='--from'): blc.plan_blocks(10, 5, 5)
+    with pytest.raises(ValueError, match="--step"):
+        blc.plan_blocks(0, 10, 0)
+    with pytest.raises(ValueError, match="--from"):
+        blc.plan_blocks(10, 5, 5)
 
 
 def _mined(folder: Path, n_train=12, n_heldout=3):
     folder.mkdir(parents=True, exist_ok=True)
-    for part, n in (('train', n_train), ('heldout', n_heldout)):
-        (folder / f'{part}_mined.jsonl').write_text(''.join(json.dumps({'qid': f'{part}{i}'}) + '\n' for i in range(n)))
+    for part, n in (("train", n_train), ("heldout", n_heldout)):
+        (folder / f"{part}_mined.jsonl").write_text("".join(json.dumps({"qid": f"{part}{i}"}) + "\n" for i in range(n)))
     return folder
 
 
 def test_write_block_slices_each_part(tmp_path):
-    src = blc.read_mined(_mined(tmp_path / 'negatives'))
-    qids = lambda p: [json.loads(l)['qid'] for l in p.read_text().splitlines()]
-    assert blc.write_block(src, (0, 5), tmp_path / 'b0') == ['train', 'heldout']
-    assert qids(tmp_path / 'b0' / 'heldout_mined.jsonl') == ['heldout0', 'heldout1', 'heldout2']
-    assert blc.write_block(src, (5, 10), tmp_path / 'b5') == ['train']   # past the held-out queries
-    assert qids(tmp_path / 'b5' / 'train_mined.jsonl') == [f'train{i}' for i in range(5, 10)]
-    assert blc.write_block(src, (20, 25), tmp_path / 'b20') == []
+    src = blc.read_mined(_mined(tmp_path / "negatives"))
+    qids = lambda p: [json.loads(l)["qid"] for l in p.read_text().splitlines()]
+    assert blc.write_block(src, (0, 5), tmp_path / "b0") == ["train", "heldout"]
+    assert qids(tmp_path / "b0" / "heldout_mined.jsonl") == ["heldout0", "heldout1", "heldout2"]
+    assert blc.write_block(src, (5, 10), tmp_path / "b5") == ["train"]  # past the held-out queries
+    assert qids(tmp_path / "b5" / "train_mined.jsonl") == [f"train{i}" for i in range(5, 10)]
+    assert blc.write_block(src, (20, 25), tmp_path / "b20") == []
 
 
 def test_write_block_says_to_mine_first(tmp_path):
-    with pytest.raises(FileNotFoundError, match='run the mining stage first'):
-        blc.read_mined(tmp_path / 'nothing')
+    with pytest.raises(FileNotFoundError, match="run the mining stage first"):
+        blc.read_mined(tmp_path / "nothing")
 
 
 def test_stage_parameters_follow_dvc_yaml():
     "Every generate setting the stage reads from params.yaml reaches the blocks, except what a block sets itself."
     words = blc.stage_parameters()
     pairs = dict(zip(words[1::3], words[2::3]))
-    assert set(words[0::3]) == {'-P'} and 'max_queries' not in pairs and 'llm' not in pairs
-    cmd = yaml.safe_load((ROOT / 'dvc.yaml').read_text())['stages']['generate']['cmd']
-    for key in ('profile', 'n_neg', 'max_candidates', 'mode', 'max_nodes', 'model', 'benchmark', 'guard_margin'):
-        assert f'-P {key} {pairs[key]}' in cmd
-    params = yaml.safe_load((ROOT / 'params.yaml').read_text())
-    for dotted in pairs.values(): lookup(params, dotted)   # raises on a key params.yaml lacks
+    assert set(words[0::3]) == {"-P"} and "max_queries" not in pairs and "llm" not in pairs
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["generate"]["cmd"]
+    for key in ("profile", "n_neg", "max_candidates", "mode", "max_nodes", "model", "benchmark", "guard_margin"):
+        assert f"-P {key} {pairs[key]}" in cmd
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted in pairs.values():
+        lookup(params, dotted)  # raises on a key params.yaml lacks
     llm = json.loads(blc._llm_params(3))
-    assert llm['local_threads'] == 3 and llm['model'] == params['llm']['model']
+    assert llm["local_threads"] == 3 and llm["model"] == params["llm"]["model"]
 
 
 def test_workers_run_every_block_once_and_stop_on_failure(tmp_path, monkeypatch, capsys):
-    src = _mined(tmp_path / 'negatives', n_train=23)
-    monkeypatch.setattr(blc, 'BUILD', tmp_path / 'blocks')
-    marks = tmp_path / 'marks'; marks.mkdir()
-    def fake_command(block_dir, parts, n, threads):
-        code = f"import pathlib, sys; pathlib.Path({str(marks)!r}, {block_dir.name!r}).write_text({json.dumps(parts)!r}); " \
-               f"sys.exit(3 if {block_dir.name!r} == 'FAIL' else 0)"
-        return [sys.executable, '-c', code]
-    monkeypatch.setattr(blc, 'generate_command', fake_command)
-    args = ['--negatives-dir', str(src), '--no-commit', '--step', '5', '--workers', '2']
-    assert blc.main(args + ['--queries', '30']) == 0
-    assert sorted(p.name for p in marks.iterdir()) == ['0000', '0005', '0010', '0015', '0020']   # 0025: no queries left
-    assert json.loads((marks / '0000').read_text()) == ['train', 'heldout'] and json.loads((marks / '0020').read_text()) == ['train']
+    src = _mined(tmp_path / "negatives", n_train=23)
+    monkeypatch.setattr(blc, "BUILD", tmp_path / "blocks")
+    marks = tmp_path / "marks"
+    marks.mkdir()
 
-    monkeypatch.setattr(blc, 'generate_command', lambda block_dir, *a: fake_command(block_dir.with_name('FAIL'), *a))
-    assert blc.main(args + ['--queries', '10']) == 1
-    assert 'generate exited 3; see' in capsys.readouterr().err
+    def fake_command(block_dir, parts, n, threads):
+        code = (
+            f"import pathlib, sys; pathlib.Path({str(marks)!r}, {block_dir.name!r}).write_text({json.dumps(parts)!r}); "
+            f"sys.exit(3 if {block_dir.name!r} == 'FAIL' else 0)"
+        )
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(blc, "generate_command", fake_command)
+    args = ["--negatives-dir", str(src), "--no-commit", "--step", "5", "--workers", "2"]
+    assert blc.main(args + ["--queries", "30"]) == 0
+    assert sorted(p.name for p in marks.iterdir()) == ["0000", "0005", "0010", "0015", "0020"]  # 0025: no queries left
+    assert json.loads((marks / "0000").read_text()) == ["train", "heldout"] and json.loads((marks / "0020").read_text()) == [
+        "train"
+    ]
+
+    monkeypatch.setattr(blc, "generate_command", lambda block_dir, *a: fake_command(block_dir.with_name("FAIL"), *a))
+    assert blc.main(args + ["--queries", "10"]) == 1
+    assert "generate exited 3; see" in capsys.readouterr().err
 
 
 def test_commit_cache_waits_out_a_busy_git_and_gives_up_in_the_end(monkeypatch):
     import subprocess, threading
-    calls, busy = [], {'left': 2}
+
+    calls, busy = [], {"left": 2}
+
     def fake_run(cmd, cwd=None, check=False):
         calls.append(cmd[1])
-        if cmd[1] == 'add' and busy['left']:
-            busy['left'] -= 1
-            raise subprocess.CalledProcessError(128, cmd)          # .git/index.lock held by someone else
-        return subprocess.CompletedProcess(cmd, 1 if cmd[1] == 'diff' else 0)
-    monkeypatch.setattr(blc.subprocess, 'run', fake_run)
-    monkeypatch.setattr(blc.time, 'sleep', lambda s: None)
-    blc.commit_cache('msg', threading.Lock())
-    assert calls == ['add', 'add', 'add', 'diff', 'commit']
-    busy['left'] = 99
-    with pytest.raises(subprocess.CalledProcessError): blc.commit_cache('msg', threading.Lock(), tries=3)
+        if cmd[1] == "add" and busy["left"]:
+            busy["left"] -= 1
+            raise subprocess.CalledProcessError(128, cmd)  # .git/index.lock held by someone else
+        return subprocess.CompletedProcess(cmd, 1 if cmd[1] == "diff" else 0)
+
+    monkeypatch.setattr(blc.subprocess, "run", fake_run)
+    monkeypatch.setattr(blc.time, "sleep", lambda s: None)
+    blc.commit_cache("msg", threading.Lock())
+    assert calls == ["add", "add", "add", "diff", "commit"]
+    busy["left"] = 99
+    with pytest.raises(subprocess.CalledProcessError):
+        blc.commit_cache("msg", threading.Lock(), tries=3)

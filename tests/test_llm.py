@@ -5,19 +5,35 @@ errors, malformed JSON then repair, schema-invalid output, truncated output, con
 concurrency in `map`, cache-miss messages, concurrent writers, and kill -9 mid-run then resume.
 The opt-in `llm` test runs the real llama.cpp server (`pytest -m llm`, needs `make llm`).
 """
+
 import json, os, signal, subprocess, sys, threading, time, warnings
 from pathlib import Path
 
 import pytest
 
-from causalneg.llm import (CacheMiss, LLMCallError, LLMClient, LLMConfig, LLMMapError, LLMOutputError, Ledger,
-                           ResponseCache, failure_key, local_backend_status, request_key)
+from causalneg.llm import (
+    CacheMiss,
+    LLMCallError,
+    LLMClient,
+    LLMConfig,
+    LLMMapError,
+    LLMOutputError,
+    Ledger,
+    ResponseCache,
+    failure_key,
+    local_backend_status,
+    request_key,
+)
 from fake_openai import FakeOpenAI, drop, ok, status
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk" + "-test-do-not-store-0123456789"  # built at run time: no key-shaped literal in the repo
-SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer"],
-          "properties": {"answer": {"type": "string", "minLength": 2}}}
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["answer"],
+    "properties": {"answer": {"type": "string", "minLength": 2}},
+}
 MSGS = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Capital of France?"}]
 
 
@@ -29,12 +45,21 @@ def _env(monkeypatch):
 
 @pytest.fixture
 def fake():
-    with FakeOpenAI() as srv: yield srv
+    with FakeOpenAI() as srv:
+        yield srv
 
 
 def cfg(fake, **kw):
-    base = dict(model="fake-model", base_url=fake.base_url, api_key_env="CAUSALNEG_TEST_KEY", timeout=5.0,
-                max_retries=3, backoff_base=0.01, backoff_max=0.05, allow_local=False)
+    base = dict(
+        model="fake-model",
+        base_url=fake.base_url,
+        api_key_env="CAUSALNEG_TEST_KEY",
+        timeout=5.0,
+        max_retries=3,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        allow_local=False,
+    )
     return LLMConfig(**{**base, **kw})
 
 
@@ -56,11 +81,15 @@ def test_success_sends_the_request_stores_it_and_replays_without_a_call(fake, tm
         assert c.chat_json(MSGS, SCHEMA) == {"answer": "Paris"}
         s = c.ledger.summary()
     body = fake.requests[0]
-    assert (body["model"], body["messages"], body["temperature"], body["max_tokens"], body["seed"]) == \
-           ("fake-model", MSGS, 0.2, 1024, 0)
-    assert body["response_format"] == {"type": "json_schema",
-                                       "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}
-    assert fake.headers[0]["authorization"] == f"Bearer {SECRET}"            # the key comes from the env var
+    assert (body["model"], body["messages"], body["temperature"], body["max_tokens"], body["seed"]) == (
+        "fake-model",
+        MSGS,
+        0.2,
+        1024,
+        0,
+    )
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}
+    assert fake.headers[0]["authorization"] == f"Bearer {SECRET}"  # the key comes from the env var
     assert (s["calls"], s["ok_calls"], s["stored"], s["prompt_tokens"], s["completion_tokens"]) == (1, 1, 1, 30, 5)
     assert s["cost_usd"] == pytest.approx((30 * 2 + 5 * 8) / 1e6)
     assert c.key_for(MSGS, SCHEMA) == key_of(c)
@@ -71,7 +100,7 @@ def test_success_sends_the_request_stores_it_and_replays_without_a_call(fake, tm
     c2 = LLMClient(cfg(fake), tmp_path / "cache", offline=True, progress=False)
     assert c2.chat_json(MSGS, SCHEMA) == {"answer": "Paris"}
     assert len(fake.requests) == 1 and c2.ledger.summary()["cache_hits"] == 1
-    assert SECRET not in all_text(tmp_path)                                 # never stored in cache or ledger
+    assert SECRET not in all_text(tmp_path)  # never stored in cache or ledger
     assert Ledger.read(tmp_path / "cache" / "ledger.jsonl")["calls"] == 1
 
 
@@ -81,7 +110,7 @@ def test_429_waits_for_retry_after(fake, tmp_path):
     t0 = time.monotonic()
     assert c.chat_json(MSGS, SCHEMA) == {"answer": "Paris"}
     waited = time.monotonic() - t0
-    assert 1.0 <= waited < 3.0, waited                  # backoff alone would be ~0.01 s: the header was honoured
+    assert 1.0 <= waited < 3.0, waited  # backoff alone would be ~0.01 s: the header was honoured
     s = c.ledger.summary()
     assert len(fake.requests) == 2 and s["retries"] == 1 and s["outcomes"] == {"http_429": 1, "ok": 1}
 
@@ -98,7 +127,7 @@ def test_timeout_and_dropped_connection_are_retried(fake, tmp_path):
     c = client(fake, tmp_path, timeout=0.5)
     t0 = time.monotonic()
     assert c.chat_json(MSGS, SCHEMA) == {"answer": "Paris"}
-    assert time.monotonic() - t0 < 2.5                  # did not wait for the slow reply
+    assert time.monotonic() - t0 < 2.5  # did not wait for the slow reply
     assert c.ledger.summary()["outcomes"] == {"timeout": 1, "connection": 1, "ok": 1}
 
 
@@ -140,7 +169,7 @@ def test_schema_invalid_output_is_repaired_or_refused(fake, tmp_path):
     with pytest.raises(LLMOutputError, match="still invalid after 2 repair") as ei:
         c.chat_json(other, SCHEMA)
     assert len(ei.value.errors) == 3 and "too short" in ei.value.errors[0]
-    assert len(fake.requests) == 5 and key_of(c, other) not in c.cache   # no answer is stored for it
+    assert len(fake.requests) == 5 and key_of(c, other) not in c.cache  # no answer is stored for it
 
 
 def test_a_final_failure_is_cached_and_replayed_as_the_same_error(fake, tmp_path):
@@ -184,7 +213,9 @@ def test_truncated_output_is_reported_as_truncation(fake, tmp_path):
 
 def test_content_check_triggers_a_repair(fake, tmp_path):
     def not_paris(o):
-        if o["answer"] == "Paris": raise ValueError("the negative must not contain the answer")
+        if o["answer"] == "Paris":
+            raise ValueError("the negative must not contain the answer")
+
     fake.script = [ok({"answer": "Paris"}), ok({"answer": "Lyon"})]
     assert client(fake, tmp_path).chat_json(MSGS, SCHEMA, validate=not_paris) == {"answer": "Lyon"}
     assert "must not contain the answer" in fake.requests[1]["messages"][-1]["content"]
@@ -198,15 +229,17 @@ def test_endpoint_refusing_json_schema_falls_back_to_json_object(fake, tmp_path)
         assert c.chat_json(MSGS, SCHEMA) == {"answer": "Paris"}
     assert fake.requests[1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
     c.chat_json([{"role": "user", "content": "Capital of Italy?"}], SCHEMA)
-    assert fake.requests[2]["response_format"]["type"] == "json_object"   # remembered
-    assert c.cache.get(key_of(c))["parsed"] == {"answer": "Paris"}       # same key whatever the wire format
+    assert fake.requests[2]["response_format"]["type"] == "json_object"  # remembered
+    assert c.cache.get(key_of(c))["parsed"] == {"answer": "Paris"}  # same key whatever the wire format
 
 
 def test_map_bounds_concurrency_keeps_order_and_finishes_before_raising(fake, tmp_path):
     def responder(body, n):
         q = body["messages"][-1]["content"]
-        if q == "item 4": return status(400, message="cannot do item 4")
+        if q == "item 4":
+            return status(400, message="cannot do item 4")
         return ok({"answer": q.upper()}, delay=0.15)
+
     fake.responder = responder
     c = client(fake, tmp_path, concurrency=3)
     ask = lambda i: c.chat_json([{"role": "user", "content": f"item {i}"}], SCHEMA)["answer"]
@@ -217,7 +250,7 @@ def test_map_bounds_concurrency_keeps_order_and_finishes_before_raising(fake, tm
     assert 2 <= fake.max_in_flight <= 3 and len(c.cache) == 8
     fake.responder = lambda body, n: ok({"answer": "done"})
     n0 = len(fake.requests)
-    assert c.map(ask, range(9))[3:6] == ["ITEM 3", "done", "ITEM 5"]   # the rerun only calls the failed item
+    assert c.map(ask, range(9))[3:6] == ["ITEM 3", "done", "ITEM 5"]  # the rerun only calls the failed item
     assert len(fake.requests) == n0 + 1
 
 
@@ -225,8 +258,10 @@ def test_in_flight_requests_are_bounded_even_from_callers_own_threads(fake, tmp_
     fake.responder = lambda body, n: ok({"answer": body["messages"][-1]["content"]}, delay=0.2)
     c = client(fake, tmp_path, concurrency=2)
     ts = [threading.Thread(target=c.chat_json, args=([{"role": "user", "content": f"q{i}"}], SCHEMA)) for i in range(6)]
-    for t in ts: t.start()
-    for t in ts: t.join()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
     assert len(c.cache) == 6 and fake.max_in_flight == 2
 
 
@@ -237,8 +272,9 @@ def test_cache_miss_without_a_backend_counts_the_missing_items(fake, tmp_path):
         conf = cfg(fake, **({} if kw else {"base_url": None}))
         c = LLMClient(conf, tmp_path / "cache", progress=False, **kw)
         items = ["France", "Peru", "Chad"]
-        ask = lambda x: c.chat_json([{"role": "system", "content": "Answer in JSON."},
-                                     {"role": "user", "content": f"Capital of {x}?"}], SCHEMA)
+        ask = lambda x: c.chat_json(
+            [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": f"Capital of {x}?"}], SCHEMA
+        )
         with pytest.raises(CacheMiss) as ei:
             c.map(ask, items)
         msg = str(ei.value)
@@ -249,22 +285,30 @@ def test_cache_miss_without_a_backend_counts_the_missing_items(fake, tmp_path):
 
 def test_concurrent_writers_in_threads_and_processes_never_interleave(tmp_path):
     folder = tmp_path / "cache"
-    code = ("import sys, hashlib; from causalneg.llm import ResponseCache\n"
-            "c = ResponseCache(sys.argv[1]); w = sys.argv[2]\n"
-            "for i in range(60):\n"
-            "    k = 'ab' + hashlib.sha256(f'{w}-{i}'.encode()).hexdigest()[2:]\n"
-            "    c.put(k, {'writer': w, 'i': i, 'text': 'x' * 3000})\n")
+    code = (
+        "import sys, hashlib; from causalneg.llm import ResponseCache\n"
+        "c = ResponseCache(sys.argv[1]); w = sys.argv[2]\n"
+        "for i in range(60):\n"
+        "    k = 'ab' + hashlib.sha256(f'{w}-{i}'.encode()).hexdigest()[2:]\n"
+        "    c.put(k, {'writer': w, 'i': i, 'text': 'x' * 3000})\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(folder), f"p{j}"], env=env) for j in range(3)]
     cache = ResponseCache(folder)
+
     def put_many(w):
         import hashlib
-        for i in range(60): cache.put("ab" + hashlib.sha256(f"{w}-{i}".encode()).hexdigest()[2:], {"writer": w, "i": i, "text": "y" * 3000})
+
+        for i in range(60):
+            cache.put("ab" + hashlib.sha256(f"{w}-{i}".encode()).hexdigest()[2:], {"writer": w, "i": i, "text": "y" * 3000})
+
     ts = [threading.Thread(target=put_many, args=(f"t{j}",)) for j in range(3)]
-    for t in ts: t.start()
-    for t in ts: t.join()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
     assert all(p.wait(60) == 0 for p in procs)
-    lines = (folder / "ab.jsonl").read_text().splitlines()          # every record went to the same shard
+    lines = (folder / "ab.jsonl").read_text().splitlines()  # every record went to the same shard
     assert len(lines) == 360 and all(json.loads(l)["key"].startswith("ab") for l in lines)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -274,6 +318,7 @@ def test_concurrent_writers_in_threads_and_processes_never_interleave(tmp_path):
 def test_kill_9_mid_run_then_resume_pays_once_and_loses_nothing(fake, tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     import llm_kill_run as run
+
     fake.responder = lambda body, n: ok({"item": int(body["messages"][-1]["content"].split()[1]), "text": "negative"}, delay=0.15)
     folder, n, conc = tmp_path / "cache", 20, 2
     cmd = [sys.executable, str(Path(run.__file__)), fake.base_url, str(folder), str(n), str(conc)]
@@ -285,9 +330,11 @@ def test_kill_9_mid_run_then_resume_pays_once_and_loses_nothing(fake, tmp_path):
         assert line, f"the run ended early: {p.stderr.read()}"
         done += line.startswith("done ")
     deadline = time.monotonic() + 5
-    while fake.in_flight == 0 and time.monotonic() < deadline: time.sleep(0.005)
-    assert fake.in_flight > 0                                           # kill while calls are in flight
-    os.kill(p.pid, signal.SIGKILL); p.wait(10)
+    while fake.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert fake.in_flight > 0  # kill while calls are in flight
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(10)
     first = list(fake.requests)
 
     cache = ResponseCache(folder)
@@ -295,37 +342,48 @@ def test_kill_9_mid_run_then_resume_pays_once_and_loses_nothing(fake, tmp_path):
     assert 8 <= len(cached) < n and not cache.skipped
     # simulate the worst case kill -9 can leave: a record torn half-way through its line, for an uncached item
     todo = next(i for i in range(n) if f"item {i}" not in cached)
-    k = request_key("fake-model", run.messages(todo), {**run.config("http://x").decoding(),
-                                                      "json_schema": {"name": "negative", "schema": run.SCHEMA}})
+    k = request_key(
+        "fake-model",
+        run.messages(todo),
+        {**run.config("http://x").decoding(), "json_schema": {"name": "negative", "schema": run.SCHEMA}},
+    )
     torn = json.dumps({"key": k, "parsed": {"item": todo, "text": "negative"}, "response": "..."}, sort_keys=True)
-    with open(folder / f"{k[:2]}.jsonl", "a") as f: f.write(torn[: len(torn) // 2])
+    with open(folder / f"{k[:2]}.jsonl", "a") as f:
+        f.write(torn[: len(torn) // 2])
 
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "torn by a killed writer" in r.stderr                        # the torn line was reported...
+    assert "torn by a killed writer" in r.stderr  # the torn line was reported...
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["results"] == [{"item": i, "text": "negative"} for i in range(n)]
-    second = [b["messages"][-1]["content"] for b in fake.requests[len(first):]]
-    assert not set(second) & cached                                     # no paid call for a cached key
+    second = [b["messages"][-1]["content"] for b in fake.requests[len(first) :]]
+    assert not set(second) & cached  # no paid call for a cached key
     assert sorted(second) == sorted(f"item {i}" for i in range(n) if f"item {i}" not in cached)
-    assert n < len(first) + len(second) <= n + conc                     # only calls in flight at the kill repeat
+    assert n < len(first) + len(second) <= n + conc  # only calls in flight at the kill repeat
 
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         final = ResponseCache(folder)
-    assert len(final) == n and not final.skipped and not w               # ...and cut on open, nothing else lost
+    assert len(final) == n and not final.skipped and not w  # ...and cut on open, nothing else lost
     assert final.get(k)["parsed"] == {"item": todo, "text": "negative"}  # recomputed and stored
-    for shard in folder.glob("*.jsonl"):                                # every shard is strict JSONL again
+    for shard in folder.glob("*.jsonl"):  # every shard is strict JSONL again
         assert all(json.loads(line)["key"] for line in shard.read_text().splitlines())
     for key in final.keys():
         rec = final.get(key)
-        assert request_key("fake-model", rec["request"]["messages"],
-                           {**rec["request"]["decoding"], "json_schema": {"name": "negative", "schema": run.SCHEMA}}) == key
+        assert (
+            request_key(
+                "fake-model",
+                rec["request"]["messages"],
+                {**rec["request"]["decoding"], "json_schema": {"name": "negative", "schema": run.SCHEMA}},
+            )
+            == key
+        )
     led = Ledger.read(folder / "ledger.jsonl")
     assert n <= led["calls"] <= len(first) + len(second) and led["unreadable_lines"] == 0
 
 
 # ---- opt-in: the real local llama.cpp server (`make llm`, then `pytest -m llm tests/test_llm.py`) ----
+
 
 def _llm_opted_in(config) -> bool:
     return "llm" in (config.getoption("-m") or "") or os.environ.get("CAUSALNEG_LLM_TESTS") == "1"
@@ -334,12 +392,20 @@ def _llm_opted_in(config) -> bool:
 @pytest.mark.llm
 def test_real_llama_cpp_server(request, tmp_path):
     usable, why = local_backend_status()
-    if not usable: pytest.skip(f"local llama.cpp backend not installed: {why}")
-    if not _llm_opted_in(request.config): pytest.skip("opt-in: run with `-m llm` or CAUSALNEG_LLM_TESTS=1")
-    schema = {"type": "object", "additionalProperties": False, "required": ["capital", "country"],
-              "properties": {"capital": {"type": "string", "minLength": 2}, "country": {"type": "string"}}}
-    msgs = [{"role": "system", "content": "You answer geography questions in JSON."},
-            {"role": "user", "content": "What is the capital of Australia? Give the capital and the country."}]
+    if not usable:
+        pytest.skip(f"local llama.cpp backend not installed: {why}")
+    if not _llm_opted_in(request.config):
+        pytest.skip("opt-in: run with `-m llm` or CAUSALNEG_LLM_TESTS=1")
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["capital", "country"],
+        "properties": {"capital": {"type": "string", "minLength": 2}, "country": {"type": "string"}},
+    }
+    msgs = [
+        {"role": "system", "content": "You answer geography questions in JSON."},
+        {"role": "user", "content": "What is the capital of Australia? Give the capital and the country."},
+    ]
     conf = LLMConfig(max_tokens=64, local_threads=1)
     c = LLMClient(conf, tmp_path / "cache", progress=False)
     t0 = time.monotonic()
@@ -349,33 +415,46 @@ def test_real_llama_cpp_server(request, tmp_path):
     assert c._kind == "local" and server is not None and server.proc.poll() is None
     rec = c.cache.get(key_of(c, msgs, schema))
     s = c.ledger.summary()
-    print(f"\nreal llama.cpp: {out} in {secs:.1f} s (incl. server start); usage {rec['usage']}; "
-          f"call {rec['seconds']:.1f} s; ledger {s}")
+    print(
+        f"\nreal llama.cpp: {out} in {secs:.1f} s (incl. server start); usage {rec['usage']}; "
+        f"call {rec['seconds']:.1f} s; ledger {s}"
+    )
     assert "canberra" in out["capital"].lower()
     proc = server.proc
     c.close()
-    assert proc.poll() is not None                                       # the client stopped its server
-    assert LLMClient(conf, tmp_path / "cache", offline=True).chat_json(msgs, schema) == out   # replay, no server
+    assert proc.poll() is not None  # the client stopped its server
+    assert LLMClient(conf, tmp_path / "cache", offline=True).chat_json(msgs, schema) == out  # replay, no server
 
 
 @pytest.mark.llm
 def test_real_server_dies_with_its_parent(request, tmp_path):
     usable, why = local_backend_status()
-    if not usable: pytest.skip(f"local llama.cpp backend not installed: {why}")
-    if not _llm_opted_in(request.config): pytest.skip("opt-in: run with `-m llm` or CAUSALNEG_LLM_TESTS=1")
-    code = ("from causalneg.llm import LocalServer, assemble_gguf\n"
-            "s = LocalServer(assemble_gguf()).start(); print(s.proc.pid, flush=True)\n"
-            "import time; time.sleep(600)\n")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if not usable:
+        pytest.skip(f"local llama.cpp backend not installed: {why}")
+    if not _llm_opted_in(request.config):
+        pytest.skip("opt-in: run with `-m llm` or CAUSALNEG_LLM_TESTS=1")
+    code = (
+        "from causalneg.llm import LocalServer, assemble_gguf\n"
+        "s = LocalServer(assemble_gguf()).start(); print(s.proc.pid, flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     server_pid = int(p.stdout.readline())
-    os.kill(p.pid, signal.SIGKILL); p.wait(10)                             # no cleanup runs in the parent
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(10)  # no cleanup runs in the parent
     deadline = time.monotonic() + 30
-    def alive(pid):   # a zombie (exited, not yet reaped by an init that does not reap) counts as dead
-        try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError: return False
+
+    def alive(pid):  # a zombie (exited, not yet reaped by an init that does not reap) counts as dead
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
     while time.monotonic() < deadline:
-        if not alive(server_pid): break
+        if not alive(server_pid):
+            break
         time.sleep(0.5)
     else:
         os.kill(server_pid, signal.SIGKILL)

@@ -1,5 +1,6 @@
 """causalneg.losses: values against hand computation and a per-sample loop, gradient routing and direction,
 padding, lambda = 0, and the sentence-transformers loss module on a tiny model."""
+
 import math, os
 
 import pytest
@@ -7,11 +8,20 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(1)
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[_v] = "1"
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
 os.environ.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
-from causalneg.losses import (GENERATED_SOURCES, SOURCES, CausalNegLoss, diagnostic_keys, encode_sources,
-                              entropy_diagnostics, generated_mask, info_nce, query_view_entropy, query_view_terms)
+from causalneg.losses import (
+    CausalNegLoss,
+    diagnostic_keys,
+    encode_sources,
+    entropy_diagnostics,
+    generated_mask,
+    info_nce,
+    query_view_entropy,
+    query_view_terms,
+)
 
 
 # ---------------------------------------------------------------- straightforward per-sample references
@@ -19,7 +29,7 @@ def ref_info_nce(q, pos, negs, valid, t):
     "InfoNCE written as a loop over samples, from the definition."
     out = []
     for i in range(q.shape[0]):
-        cands = torch.cat([pos[i:i + 1], negs[i][valid[i]]])
+        cands = torch.cat([pos[i : i + 1], negs[i][valid[i]]])
         out.append(-torch.log_softmax(cands @ q[i] / t, 0)[0])
     return torch.stack(out).mean()
 
@@ -29,7 +39,8 @@ def ref_entropy(q, negs, gen, valid, tau, entropy_term=True, balance_term=True):
     terms = []
     for i in range(q.shape[0]):
         g = (gen[i] & valid[i])[valid[i]]
-        if not g.any(): continue
+        if not g.any():
+            continue
         d = negs[i][valid[i]]
         d = torch.where(g[:, None], d, d.detach())
         p = torch.softmax(d @ q[i].detach() / tau, 0)
@@ -44,10 +55,21 @@ def ref_entropy(q, negs, gen, valid, tau, entropy_term=True, balance_term=True):
 def batch(seed=0, b=6, k=5, d=8, normalise=True):
     "Random embeddings with varied source labels: a sample without generated negatives, one with only generated ones."
     g = torch.Generator().manual_seed(seed)
-    labels = encode_sources([["mined", "causalneg", "naive", "mined", "random"], ["mined", "mined"],
-                             ["causalneg", "naive"], ["random", "mined", "causalneg"], ["naive"],
-                             ["mined", "causalneg", "causalneg", "causalneg", "mined"]][:b][:b], k=k) if k >= 5 else \
-        encode_sources([["mined", "causalneg", "naive"]] * b, k=k)
+    labels = (
+        encode_sources(
+            [
+                ["mined", "causalneg", "naive", "mined", "random"],
+                ["mined", "mined"],
+                ["causalneg", "naive"],
+                ["random", "mined", "causalneg"],
+                ["naive"],
+                ["mined", "causalneg", "causalneg", "causalneg", "mined"],
+            ][:b][:b],
+            k=k,
+        )
+        if k >= 5
+        else encode_sources([["mined", "causalneg", "naive"]] * b, k=k)
+    )
     f = (lambda x: F.normalize(x, dim=-1)) if normalise else (lambda x: x)
     q, pos, negs = f(torch.randn(b, d, generator=g)), f(torch.randn(b, d, generator=g)), f(torch.randn(b, k, d, generator=g))
     return q, pos, negs, labels
@@ -55,21 +77,22 @@ def batch(seed=0, b=6, k=5, d=8, normalise=True):
 
 # ---------------------------------------------------------------- values
 def test_info_nce_hand_computed_default_temperature():
-    q, pos = torch.tensor([[1., 0.]]), torch.tensor([[.8, .6]])
-    negs = torch.tensor([[[.6, .8], [0., 1.], [1., 0.]]])
+    q, pos = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.8, 0.6]])
+    negs = torch.tensor([[[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]])
     t = 0.05
-    expected = math.log(math.exp(.8 / t) + math.exp(.6 / t) + math.exp(0) + math.exp(1 / t)) - .8 / t
+    expected = math.log(math.exp(0.8 / t) + math.exp(0.6 / t) + math.exp(0) + math.exp(1 / t)) - 0.8 / t
     assert info_nce(q, pos, negs) == pytest.approx(expected, rel=1e-6)
     assert info_nce(q, pos, negs, temperature=1.0) == pytest.approx(
-        math.log(math.exp(.8) + math.exp(.6) + 1 + math.e) - .8, rel=1e-6)
+        math.log(math.exp(0.8) + math.exp(0.6) + 1 + math.e) - 0.8, rel=1e-6
+    )
 
 
 def test_entropy_hand_computed_default_temperature():
-    q = torch.tensor([[1., 0.]])
-    negs = torch.tensor([[[1., 0.], [.6, .8], [0., 1.], [.8, .6]]])
+    q = torch.tensor([[1.0, 0.0]])
+    negs = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]]])
     gen = torch.tensor([[False, True, True, False]])
     tau = 0.1
-    e = [math.exp(s / tau) for s in (1., .6, 0., .8)]
+    e = [math.exp(s / tau) for s in (1.0, 0.6, 0.0, 0.8)]
     p_g = (e[1] + e[2]) / sum(e)
     r = [e[1] / (e[1] + e[2]), e[2] / (e[1] + e[2])]
     h = -sum(x * math.log(x) for x in r)
@@ -88,7 +111,8 @@ def test_vectorised_matches_per_sample_loop(seed, terms):
     a = query_view_entropy(q, n1, gen, valid, 0.1, *terms)
     b = ref_entropy(q, n2, gen, valid, 0.1, *terms)
     assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6)
-    a.backward(); b.backward()
+    a.backward()
+    b.backward()
     torch.testing.assert_close(n1.grad, n2.grad, atol=1e-6, rtol=1e-4)
 
 
@@ -96,13 +120,14 @@ def test_sample_with_only_generated_negatives():
     q, _, negs, _ = batch(3, b=1, k=3)
     gen = torch.ones(1, 3, dtype=torch.bool)
     t = query_view_terms(q, negs, gen)
-    assert t["P_G"].item() == pytest.approx(1.0) and t["target"].item() == 1.0   # balance term is exactly 0
+    assert t["P_G"].item() == pytest.approx(1.0) and t["target"].item() == 1.0  # balance term is exactly 0
     n = negs.clone().requires_grad_()
     loss = query_view_entropy(q, n, gen)
     assert loss.item() == pytest.approx(-t["H_G"].item(), rel=1e-6)
     loss.backward()
     assert n.grad.abs().sum() > 0
-    with torch.no_grad(): n -= 1e-2 * n.grad
+    with torch.no_grad():
+        n -= 1e-2 * n.grad
     assert query_view_terms(q, n, gen)["H_G"] > t["H_G"] + 1e-4
 
 
@@ -144,9 +169,10 @@ def test_gradient_step_raises_entropy_and_moves_share_to_target():
     # two generated negatives at unequal similarity, both closer to the query than the mined ones (the
     # generated text is "too easy to tell apart" from the corpus by similarity): H_G < log 2 and P_G far
     # above its target 2/4. One step of the full L_ent fixes both.
-    q = torch.tensor([[1., 0., 0.]])
-    negs = torch.tensor([[[.3, .95, 0.], [.2, 0., .98], [.9, .44, 0.], [.6, 0., .8]]])
-    gen = torch.tensor([[False, False, True, True]]); valid = torch.ones_like(gen)
+    q = torch.tensor([[1.0, 0.0, 0.0]])
+    negs = torch.tensor([[[0.3, 0.95, 0.0], [0.2, 0.0, 0.98], [0.9, 0.44, 0.0], [0.6, 0.0, 0.8]]])
+    gen = torch.tensor([[False, False, True, True]])
+    valid = torch.ones_like(gen)
     before, after = _step(q, negs, gen, valid, lr=0.05)
     assert before["H_G"] < math.log(2) - 0.1 and before["P_G"] > 0.9
     assert after["H_G"] > before["H_G"]
@@ -157,7 +183,8 @@ def test_gradient_step_raises_entropy_and_moves_share_to_target():
     q, _, negs, labels = batch(5)
     valid, gen = labels >= 0, generated_mask(labels)
     n = negs.clone().requires_grad_()
-    l0 = query_view_entropy(q, n, gen, valid); l0.backward()
+    l0 = query_view_entropy(q, n, gen, valid)
+    l0.backward()
     assert query_view_entropy(q, negs - 1e-3 * n.grad, gen, valid) < l0
     b, a = _step(q, negs, gen, valid, lr=1e-2, balance_term=False)
     multi = (gen & valid).sum(1) > 1
@@ -177,33 +204,42 @@ def test_padding_changes_nothing(fill):
     negs_p = torch.cat([negs, extra], 1)
     valid_p = torch.cat([valid, torch.zeros(valid.shape[0], 3, dtype=torch.bool)], 1)
     gen_p = torch.cat([gen, torch.ones(gen.shape[0], 3, dtype=torch.bool)], 1)  # even a "generated" flag on padding
-    for f in (lambda q, n, v, g: info_nce(q, pos, n, v), lambda q, n, v, g: query_view_entropy(q, n, g, v),
-              lambda q, n, v, g: info_nce(q, pos, n, v, in_batch_negatives=True)):
+    for f in (
+        lambda q, n, v, g: info_nce(q, pos, n, v),
+        lambda q, n, v, g: query_view_entropy(q, n, g, v),
+        lambda q, n, v, g: info_nce(q, pos, n, v, in_batch_negatives=True),
+    ):
         q1, n1 = q.clone().requires_grad_(), negs.clone().requires_grad_()
         q2, n2 = q.clone().requires_grad_(), negs_p.clone().requires_grad_()
         a, b = f(q1, n1, valid, gen), f(q2, n2, valid_p, gen_p)
         assert torch.isfinite(b) and b.item() == pytest.approx(a.item(), rel=1e-6, abs=1e-7)
-        a.backward(); b.backward()
-        torch.testing.assert_close(n2.grad[:, :negs.shape[1]], n1.grad)
-        assert not n2.grad[:, negs.shape[1]:].any()
-        if q1.grad is not None: torch.testing.assert_close(q2.grad, q1.grad)
+        a.backward()
+        b.backward()
+        torch.testing.assert_close(n2.grad[:, : negs.shape[1]], n1.grad)
+        assert not n2.grad[:, negs.shape[1] :].any()
+        if q1.grad is not None:
+            torch.testing.assert_close(q2.grad, q1.grad)
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("call,msg", [
-    (lambda q, p, n, v: info_nce(q, p, n[0], v), "negs must be"),
-    (lambda q, p, n, v: info_nce(q, p[:, :3], n, v), "pos must be [batch, dim]"),
-    (lambda q, p, n, v: info_nce(q, p, n, v[:, :2]), "valid must be [batch, n_negatives]"),
-    (lambda q, p, n, v: info_nce(q, p, n, v.long()), "must be a bool tensor"),
-    (lambda q, p, n, v: info_nce(q, p, n, v, temperature=0), "temperature must be > 0"),
-    (lambda q, p, n, v: info_nce(q, p[:3], n, v), "without in-batch"),
-    (lambda q, p, n, v: query_view_entropy(q, n, v[:, :2], v), "is_generated must be"),
-    (lambda q, p, n, v: query_view_entropy(q[0], n, v, v), "q must be [batch, dim]"),
-    (lambda q, p, n, v: query_view_entropy(q, n, v, v, temperature=-1), "temperature must be > 0"),
-])
+@pytest.mark.parametrize(
+    "call,msg",
+    [
+        (lambda q, p, n, v: info_nce(q, p, n[0], v), "negs must be"),
+        (lambda q, p, n, v: info_nce(q, p[:, :3], n, v), "pos must be [batch, dim]"),
+        (lambda q, p, n, v: info_nce(q, p, n, v[:, :2]), "valid must be [batch, n_negatives]"),
+        (lambda q, p, n, v: info_nce(q, p, n, v.long()), "must be a bool tensor"),
+        (lambda q, p, n, v: info_nce(q, p, n, v, temperature=0), "temperature must be > 0"),
+        (lambda q, p, n, v: info_nce(q, p[:3], n, v), "without in-batch"),
+        (lambda q, p, n, v: query_view_entropy(q, n, v[:, :2], v), "is_generated must be"),
+        (lambda q, p, n, v: query_view_entropy(q[0], n, v, v), "q must be [batch, dim]"),
+        (lambda q, p, n, v: query_view_entropy(q, n, v, v, temperature=-1), "temperature must be > 0"),
+    ],
+)
 def test_bad_inputs(call, msg):
     q, pos, negs, labels = batch(0)
-    with pytest.raises(ValueError, match=None) as e: call(q, pos, negs, labels >= 0)
+    with pytest.raises(ValueError, match=None) as e:
+        call(q, pos, negs, labels >= 0)
     assert msg in str(e.value), str(e.value)
 
 
@@ -211,19 +247,22 @@ def test_bad_inputs(call, msg):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from causalneg.train import load_backbone, make_tiny_backbone
-    return {d: load_backbone(make_tiny_backbone(tmp_path_factory.mktemp(f"tiny{d}"), "bert", dropout=d))
-            for d in (0.0, 0.1)}
+
+    return {d: load_backbone(make_tiny_backbone(tmp_path_factory.mktemp(f"tiny{d}"), "bert", dropout=d)) for d in (0.0, 0.1)}
 
 
-TEXTS = [["what is the capital of peru", "largest cat", "population of macau"],
-         ["lima is the capital of peru", "the tiger is the largest cat", "macau has 680,000 people"],
-         ["quito is the capital of ecuador", "lions live in prides", "hong kong is a city"],
-         ["lima ohio is a small city", "", "macau is in china"],
-         ["the andes run through peru", "", ""]]
+TEXTS = [
+    ["what is the capital of peru", "largest cat", "population of macau"],
+    ["lima is the capital of peru", "the tiger is the largest cat", "macau has 680,000 people"],
+    ["quito is the capital of ecuador", "lions live in prides", "hong kong is a city"],
+    ["lima ohio is a small city", "", "macau is in china"],
+    ["the andes run through peru", "", ""],
+]
 LABELS = torch.tensor([[1, 3, 2], [2, -1, -1], [0, 3, -1]])  # columns neg_0..neg_2, -1 = padding
 
 
-def feats(model, cols): return [model.preprocess(c) for c in cols]
+def feats(model, cols):
+    return [model.preprocess(c) for c in cols]
 
 
 def test_module_lambda_zero_is_exactly_info_nce(tiny):
@@ -241,14 +280,16 @@ def test_module_lambda_zero_is_exactly_info_nce(tiny):
     ref.backward()
     assert out["info_nce"].item() == pytest.approx(ref.item(), rel=1e-5)
     for n, p in m.named_parameters():
-        if n in g1: torch.testing.assert_close(g1[n], p.grad, atol=1e-6, rtol=1e-4)
+        if n in g1:
+            torch.testing.assert_close(g1[n], p.grad, atol=1e-6, rtol=1e-4)
     m.zero_grad()
 
 
 def test_module_in_batch_equals_sentence_transformers_mnrl(tiny):
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
     m = tiny[0.0]
-    cols = [c[:2] for c in TEXTS[:3]]   # no padding: MNRL has no notion of it
+    cols = [c[:2] for c in TEXTS[:3]]  # no padding: MNRL has no notion of it
     a = CausalNegLoss(m, lambda_ent=0.0, in_batch_negatives=True)(feats(m, cols), torch.tensor([[1], [2]]))["info_nce"]
     b = MultipleNegativesRankingLoss(m, scale=20.0)(feats(m, cols), None)
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
@@ -272,19 +313,24 @@ def test_module_entropy_part_and_its_gradient_path(tiny):
     ref.backward()
     assert out["lambda_entropy"].item() == pytest.approx(ref.item(), rel=1e-5)
     for n, p in m.named_parameters():
-        if n in g1: torch.testing.assert_close(g1[n], p.grad, atol=1e-6, rtol=1e-4)
+        if n in g1:
+            torch.testing.assert_close(g1[n], p.grad, atol=1e-6, rtol=1e-4)
     m.zero_grad()
 
 
 def test_module_padding_columns_change_nothing_even_with_dropout(tiny):
     m = tiny[0.1].train()
     loss = CausalNegLoss(m, lambda_ent=0.05, track_diagnostics=False)
+
     def run(cols, labels):
         torch.manual_seed(0)
         out = loss(feats(m, cols), labels)
-        total = sum(out.values()); total.backward()
-        g = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]); m.zero_grad()
+        total = sum(out.values())
+        total.backward()
+        g = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+        m.zero_grad()
         return total.item(), g
+
     a = run(TEXTS, LABELS)
     b = run(TEXTS + [["", "", ""], ["", "", ""]], torch.cat([LABELS, torch.full((3, 2), -1)], 1))
     assert a[0] == b[0]
@@ -295,8 +341,10 @@ def test_module_diagnostics_accumulate_over_steps(tiny):
     m = tiny[0.0]
     loss = CausalNegLoss(m, lambda_ent=0.05)
     f = feats(m, TEXTS)
-    loss(f, LABELS); loss(f, LABELS)
-    with torch.no_grad(): loss(f, LABELS)          # eval batches are not counted
+    loss(f, LABELS)
+    loss(f, LABELS)
+    with torch.no_grad():
+        loss(f, LABELS)  # eval batches are not counted
     d = loss.pop_diagnostics()
     with torch.no_grad():
         q, pos, negs, labels = loss.embed(f, LABELS)
@@ -309,20 +357,31 @@ def test_module_diagnostics_accumulate_over_steps(tiny):
     assert loss.pop_diagnostics() == {}
 
 
-@pytest.mark.parametrize("labels,msg", [
-    (None, "needs a 'label' column"),
-    (torch.tensor([[1, 3], [2, -1], [0, 3]]), "labels must be [batch, K] = [3, 3]"),
-    (torch.tensor([[1, 3, 9], [2, -1, -1], [0, 3, -1]]), "codes outside [-1, 3]"),
-])
+@pytest.mark.parametrize(
+    "labels,msg",
+    [
+        (None, "needs a 'label' column"),
+        (torch.tensor([[1, 3], [2, -1], [0, 3]]), "labels must be [batch, K] = [3, 3]"),
+        (torch.tensor([[1, 3, 9], [2, -1, -1], [0, 3, -1]]), "codes outside [-1, 3]"),
+    ],
+)
 def test_module_bad_labels(tiny, labels, msg):
     m = tiny[0.0]
-    with pytest.raises(ValueError) as e: CausalNegLoss(m)(feats(m, TEXTS), labels)
+    with pytest.raises(ValueError) as e:
+        CausalNegLoss(m)(feats(m, TEXTS), labels)
     assert msg in str(e.value)
 
 
-@pytest.mark.parametrize("kw,msg", [({"temperature": 0}, "temperature must be > 0"), ({"lambda_ent": -1}, "lambda_ent must be >= 0"),
-                                    ({"entropy_term": False, "balance_term": False}, "both entropy_term and balance_term are off"),
-                                    ({"generated_sources": ("gpt",)}, "not in sources")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"lambda_ent": -1}, "lambda_ent must be >= 0"),
+        ({"entropy_term": False, "balance_term": False}, "both entropy_term and balance_term are off"),
+        ({"generated_sources": ("gpt",)}, "not in sources"),
+    ],
+)
 def test_module_bad_settings(kw, msg):
-    with pytest.raises(ValueError) as e: CausalNegLoss(None, **kw)
+    with pytest.raises(ValueError) as e:
+        CausalNegLoss(None, **kw)
     assert msg in str(e.value)

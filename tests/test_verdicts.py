@@ -1,56 +1,76 @@
 """causalneg.analysis verdicts: the verdict rule matrix, the paired query x seed bootstrap (determinism,
 pairing, seed resampling, one-seed rows), per-query shortcut measures, difference-in-differences, MDE."""
+
 import os
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): os.environ.setdefault(_v, "1")
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 import math, time
 
 import numpy as np
 import pytest
 
-from causalneg.analysis import (VERDICT_RULE, bootstrap_delta, bootstrap_did, mde_paired, per_query_shortcut, verdict)
+from causalneg.analysis import VERDICT_RULE, bootstrap_delta, bootstrap_did, mde_paired, per_query_shortcut, verdict
 
 QS = [f"q{i}" for i in range(1000)]
 
 
 def row(matrix):
     "{seed: {qid: score}} from a seeds x queries array."
-    return {s: dict(zip(QS[:matrix.shape[1]], map(float, m))) for s, m in enumerate(np.atleast_2d(matrix))}
+    return {s: dict(zip(QS[: matrix.shape[1]], map(float, m))) for s, m in enumerate(np.atleast_2d(matrix))}
 
 
-def width(r): return r["ci_high"] - r["ci_low"]
+def width(r):
+    return r["ci_high"] - r["ci_low"]
 
 
 # ---------------------------------------------------------------- verdict rule
-@pytest.mark.parametrize("lo,hi,sign,expected", [
-    (.02, .05, 1, "supported"), (-.05, -.02, -1, "supported"),
-    (-.05, -.02, 1, "contradicted"), (.02, .05, -1, "contradicted"),
-    (-.004, .006, 1, "no effect"), (-.004, .006, -1, "no effect"), (-.01, .01, 1, "no effect"),
-    (-.02, .03, 1, "inconclusive"), (-.02, .03, -1, "inconclusive"), (0.0, .03, 1, "inconclusive"),
-    (.001, .004, 1, "supported"), (-.004, -.001, 1, "contradicted"),   # excluding 0 wins over "no effect"
-])
+@pytest.mark.parametrize(
+    "lo,hi,sign,expected",
+    [
+        (0.02, 0.05, 1, "supported"),
+        (-0.05, -0.02, -1, "supported"),
+        (-0.05, -0.02, 1, "contradicted"),
+        (0.02, 0.05, -1, "contradicted"),
+        (-0.004, 0.006, 1, "no effect"),
+        (-0.004, 0.006, -1, "no effect"),
+        (-0.01, 0.01, 1, "no effect"),
+        (-0.02, 0.03, 1, "inconclusive"),
+        (-0.02, 0.03, -1, "inconclusive"),
+        (0.0, 0.03, 1, "inconclusive"),
+        (0.001, 0.004, 1, "supported"),
+        (-0.004, -0.001, 1, "contradicted"),  # excluding 0 wins over "no effect"
+    ],
+)
 def test_verdict_matrix(lo, hi, sign, expected):
-    assert verdict(lo, hi, sign, .01) == expected
+    assert verdict(lo, hi, sign, 0.01) == expected
 
 
 def test_verdict_errors_and_rule():
     for bad in (0, 2, "+", True, None):
-        with pytest.raises(ValueError, match="claimed_sign must be"): verdict(0, 1, bad, .01)
+        with pytest.raises(ValueError, match="claimed_sign must be"):
+            verdict(0, 1, bad, 0.01)
     for bad in (0, -0.1, float("nan"), float("inf"), "0.1"):
-        with pytest.raises(ValueError, match="delta"): verdict(0, 1, 1, bad)
-    with pytest.raises(ValueError, match="ci_low <= ci_high"): verdict(.2, .1, 1, .01)
-    with pytest.raises(ValueError, match="finite"): verdict(float("nan"), .1, 1, .01)
+        with pytest.raises(ValueError, match="delta"):
+            verdict(0, 1, 1, bad)
+    with pytest.raises(ValueError, match="ci_low <= ci_high"):
+        verdict(0.2, 0.1, 1, 0.01)
+    with pytest.raises(ValueError, match="finite"):
+        verdict(float("nan"), 0.1, 1, 0.01)
     assert all(w in VERDICT_RULE for w in ("supported", "contradicted", "no effect", "inconclusive", "delta"))
 
 
 # ---------------------------------------------------------------- bootstrap_delta
 def test_bootstrap_recovers_effect_and_is_fast():
     rng = np.random.default_rng(0)
-    base = rng.uniform(.2, .8, 1000)
-    b = row(base + rng.normal(0, .05, (3, 1000)))
-    a = row(base + .05 + rng.normal(0, .05, (3, 1000)))
-    t = time.perf_counter(); r = bootstrap_delta(a, b); dt = time.perf_counter() - t
+    base = rng.uniform(0.2, 0.8, 1000)
+    b = row(base + rng.normal(0, 0.05, (3, 1000)))
+    a = row(base + 0.05 + rng.normal(0, 0.05, (3, 1000)))
+    t = time.perf_counter()
+    r = bootstrap_delta(a, b)
+    dt = time.perf_counter() - t
     assert dt < 1.0
-    assert 0 < r["ci_low"] < .05 < r["ci_high"]
+    assert 0 < r["ci_low"] < 0.05 < r["ci_high"]
     assert r["n_queries"] == 1000 and r["seeds_a"] == [0, 1, 2] and r["seeds_b"] == [0, 1, 2]
     assert r["mde"] == pytest.approx(2.8016 * r["se"], rel=1e-3)
     assert set(r) == {"delta", "ci_low", "ci_high", "se", "mde", "n_queries", "seeds_a", "seeds_b"}
@@ -67,21 +87,21 @@ def test_bootstrap_deterministic():
 
 def test_bootstrap_is_paired():
     rng = np.random.default_rng(2)
-    shared = rng.normal(0, .3, 500)                      # large per-query difficulty
-    a = row(shared + .02 + rng.normal(0, .01, (3, 500)))
-    b_shared = row(shared + rng.normal(0, .01, (3, 500)))
-    b_indep = row(rng.normal(0, .3, 500) + rng.normal(0, .01, (3, 500)))
+    shared = rng.normal(0, 0.3, 500)  # large per-query difficulty
+    a = row(shared + 0.02 + rng.normal(0, 0.01, (3, 500)))
+    b_shared = row(shared + rng.normal(0, 0.01, (3, 500)))
+    b_indep = row(rng.normal(0, 0.3, 500) + rng.normal(0, 0.01, (3, 500)))
     assert width(bootstrap_delta(a, b_shared)) * 10 < width(bootstrap_delta(a, b_indep))
     assert bootstrap_delta(a, b_shared)["ci_low"] > 0
 
 
 def test_bootstrap_resamples_seeds():
     rng = np.random.default_rng(3)
-    base = rng.uniform(.2, .8, 800)
-    b = row(base + rng.normal(0, .02, (3, 800)))
-    noise = rng.normal(0, .02, (3, 800))
-    agree = row(base + .03 + noise)
-    disagree = row(base + .03 + noise + np.array([[-.03], [0.], [.03]]))   # same mean, seeds disagree
+    base = rng.uniform(0.2, 0.8, 800)
+    b = row(base + rng.normal(0, 0.02, (3, 800)))
+    noise = rng.normal(0, 0.02, (3, 800))
+    agree = row(base + 0.03 + noise)
+    disagree = row(base + 0.03 + noise + np.array([[-0.03], [0.0], [0.03]]))  # same mean, seeds disagree
     ra, rd = bootstrap_delta(agree, b), bootstrap_delta(disagree, b)
     assert ra["delta"] == pytest.approx(rd["delta"])
     assert width(rd) > 3 * width(ra)
@@ -90,7 +110,7 @@ def test_bootstrap_resamples_seeds():
 def test_bootstrap_one_seed_rows_and_shared_queries():
     rng = np.random.default_rng(4)
     m = rng.normal(size=(3, 50))
-    zs = {"zero-shot": {q: float(v) for q, v in zip(QS[:60], rng.normal(size=60))}}   # 60 queries, 50 shared
+    zs = {"zero-shot": {q: float(v) for q, v in zip(QS[:60], rng.normal(size=60))}}  # 60 queries, 50 shared
     r = bootstrap_delta(zs, row(m))
     assert r["seeds_a"] == ["zero-shot"] and r["n_queries"] == 50
     r1 = bootstrap_delta(zs, zs)
@@ -98,48 +118,63 @@ def test_bootstrap_one_seed_rows_and_shared_queries():
 
 
 def test_bootstrap_errors():
-    a = {0: {"q1": 1., "q2": 2.}, 1: {"q1": 1., "q3": 2.}}
+    a = {0: {"q1": 1.0, "q2": 2.0}, 1: {"q1": 1.0, "q3": 2.0}}
     with pytest.raises(ValueError, match=r"seeds of row a cover different queries \(seed 0: 2, seed 1: 2; 1 shared\)"):
-        bootstrap_delta(a, {0: {"q1": 0.}})
+        bootstrap_delta(a, {0: {"q1": 0.0}})
     with pytest.raises(ValueError, match="row b cover different"):
-        bootstrap_delta({0: {"q1": 0.}}, a)
+        bootstrap_delta({0: {"q1": 0.0}}, a)
     with pytest.raises(ValueError, match=r"at least 2 queries shared .* \(2 queries\) and b \(2\), got 1"):
-        bootstrap_delta({0: {"q1": 1., "q2": 2.}}, {0: {"q1": 1., "q3": 2.}})
+        bootstrap_delta({0: {"q1": 1.0, "q2": 2.0}}, {0: {"q1": 1.0, "q3": 2.0}})
     with pytest.raises(ValueError, match="non-empty dict"):
-        bootstrap_delta({}, {0: {"q1": 0.}})
+        bootstrap_delta({}, {0: {"q1": 0.0}})
     with pytest.raises(ValueError, match="finite"):
-        bootstrap_delta({0: {"q1": float("nan"), "q2": 1.}}, {0: {"q1": 0., "q2": 0.}})
+        bootstrap_delta({0: {"q1": float("nan"), "q2": 1.0}}, {0: {"q1": 0.0, "q2": 0.0}})
 
 
 # ---------------------------------------------------------------- shortcut per query and DiD
 def test_per_query_shortcut():
-    rows = [["naive", "q1", .2, "mined"], ["naive", "q1", .4, "mined"], ["naive", "q1", .5, "naive"], ["naive", "q1", .3, "naive"],
-            ["naive", "q2", .1, "mined"], ["naive", "q2", .1, "naive"], ["naive", "q3", .9, "naive"],
-            ["causalneg", "q1", 0., "mined"], ["causalneg", "q1", .9, "causalneg"]]
+    rows = [
+        ["naive", "q1", 0.2, "mined"],
+        ["naive", "q1", 0.4, "mined"],
+        ["naive", "q1", 0.5, "naive"],
+        ["naive", "q1", 0.3, "naive"],
+        ["naive", "q2", 0.1, "mined"],
+        ["naive", "q2", 0.1, "naive"],
+        ["naive", "q3", 0.9, "naive"],
+        ["causalneg", "q1", 0.0, "mined"],
+        ["causalneg", "q1", 0.9, "causalneg"],
+    ]
     pq = per_query_shortcut(rows, "naive")
     assert sorted(pq) == ["q1", "q2"]
-    assert pq["q1"]["gap"] == pytest.approx(.1) and pq["q1"]["auc"] == .75
+    assert pq["q1"]["gap"] == pytest.approx(0.1) and pq["q1"]["auc"] == 0.75
     assert pq["q2"] == {"gap": 0.0, "auc": 0.5}
-    assert per_query_shortcut(rows, "causalneg") == {"q1": {"gap": pytest.approx(.9), "auc": 1.0}}
+    assert per_query_shortcut(rows, "causalneg") == {"q1": {"gap": pytest.approx(0.9), "auc": 1.0}}
     assert per_query_shortcut(rows, "other") == {}
 
 
 def test_bootstrap_did():
     rng = np.random.default_rng(5)
+
     def probe(shift, n=300):
-        return [["naive", f"q{i}", float(x + (shift if s != "mined" else 0)), s] for i in range(n)
-                for s, x in zip(["mined"] * 3 + ["naive"] * 3, rng.normal(0, .1, 6))]
-    a = {s: per_query_shortcut(probe(.10), "naive") for s in range(3)}
-    b = {s: per_query_shortcut(probe(.10), "naive") for s in range(2)}
-    c = {s: per_query_shortcut(probe(.02), "naive") for s in range(3)}
-    assert verdict(**{k: bootstrap_did(a, c)[k] for k in ("ci_low", "ci_high")}, claimed_sign=1, delta=.02) == "supported"
+        return [
+            ["naive", f"q{i}", float(x + (shift if s != "mined" else 0)), s]
+            for i in range(n)
+            for s, x in zip(["mined"] * 3 + ["naive"] * 3, rng.normal(0, 0.1, 6))
+        ]
+
+    a = {s: per_query_shortcut(probe(0.10), "naive") for s in range(3)}
+    b = {s: per_query_shortcut(probe(0.10), "naive") for s in range(2)}
+    c = {s: per_query_shortcut(probe(0.02), "naive") for s in range(3)}
+    assert verdict(**{k: bootstrap_did(a, c)[k] for k in ("ci_low", "ci_high")}, claimed_sign=1, delta=0.02) == "supported"
     assert bootstrap_did(a, c, "auc")["ci_low"] > 0
     r = bootstrap_did(a, b, n_boot=500, seed=1)
     assert r["ci_low"] < 0 < r["ci_high"] and r["seeds_b"] == [0, 1]
-    with pytest.raises(ValueError, match="measure"): bootstrap_did(a, b, "mi")
+    with pytest.raises(ValueError, match="measure"):
+        bootstrap_did(a, b, "mi")
 
 
 def test_mde_paired():
-    assert mde_paired(.08, 200) == pytest.approx(.01585, abs=1e-4)
-    assert mde_paired(.08, 200, power=.5) == pytest.approx(1.959964 * .08 / math.sqrt(200), rel=1e-5)
-    with pytest.raises(ValueError): mde_paired(.08, 0)
+    assert mde_paired(0.08, 200) == pytest.approx(0.01585, abs=1e-4)
+    assert mde_paired(0.08, 200, power=0.5) == pytest.approx(1.959964 * 0.08 / math.sqrt(200), rel=1e-5)
+    with pytest.raises(ValueError):
+        mde_paired(0.08, 0)
