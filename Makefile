@@ -64,11 +64,11 @@ export-check: setup
 	  echo "nbdev_export changed causalneg/: the package is out of date with nbs/. Run nbdev_export and commit both."; \
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; fi
 
-# `dvc exp show` with the columns worth comparing: the test and FanOutQA nDCG@10 / Recall@100 of each row, and
-# only the params that differ between experiments (bookkeeping such as fingerprints, timings and corpus sizes dropped)
-EXP_DROP ?= model_fingerprint|seconds|corpus|model$$|splits|queries|train_queries|seeds|pool\.|Created
+# `dvc exp show` with the columns worth comparing (21 instead of 201): each row's test and FanOutQA nDCG@10 and the
+# experiment settings sweeps change; EXP_KEEP is the regex of the columns kept (dvc matches it from the start of a name)
+EXP_KEEP ?= Experiment|.*\.(test|fanoutqa)\.ndcg@10$$|experiments\.(lambda_ent|lambda_effective|train_queries|seeds|variants)$$
 exps: setup
-	$(BIN)/dvc exp show --only-changed --drop '$(EXP_DROP)' --md
+	$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_KEEP)' --md
 
 # ruff (pyproject.toml): lint everything, notebooks included; format plain Python (tests/, scripts/, benchmarks/)
 lint: setup
