@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro exps test lint export-check llm llm-cache clean-venv lock docs lab
+.PHONY: setup repro exps test lint export-check llm llm-cache clean-venv lock docs notebooks lab
 
 setup: $(STAMP)
 
@@ -87,6 +87,10 @@ DOCS ?=
 DOCS_TIMEOUT ?= 900
 docs: setup
 	$(BIN)/python -m causalneg.pipeline docs --timeout $(DOCS_TIMEOUT) $(DOCS)
+
+# the same run, and each library notebook that ran cleanly keeps its outputs in nbs/ (commit them: only outputs change)
+notebooks: setup
+	$(BIN)/python -m causalneg.pipeline docs --save --timeout $(DOCS_TIMEOUT) $(DOCS)
 
 # JupyterLab on the project (root dir: the repo; pipeline notebooks move to the root themselves), local only.
 # Open the URL with the token that jupyter prints below; Ctrl-C stops it. LAB_PORT=8890 for another port.

@@ -8,8 +8,9 @@ import dataclasses, difflib, math, re
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEVICE', 'RUN_SETTINGS', 'LLM', 'SCHEMA', 'ParamsError', 'num', 'count', 'positive', 'fraction', 'optional', 'choice',
-           'text', 'flag', 'name', 'folder', 'listof', 'anything', 'device', 'either', 'validate_params', 'load_params']
+__all__ = ['DEVICE', 'RUN_SETTINGS', 'LLM', 'SCHEMA', 'GENERATE_STAGE', 'ParamsError', 'num', 'count', 'positive', 'fraction',
+           'optional', 'choice', 'text', 'flag', 'name', 'folder', 'listof', 'anything', 'device', 'either',
+           'stage_settings', 'validate_params', 'load_params']
 
 # %% ../nbs/16_config.ipynb #c005
 class ParamsError(ValueError):
@@ -112,7 +113,7 @@ RUN_SETTINGS = {
     "negatives_dir": folder, "generated_dir": folder, "benchmark": folder, "model": text,
     "pooling": choice("auto", "mean", "cls", "lasttoken"), "epochs": positive(), "max_steps": count(-1),
     "batch_size": count(1), "grad_accum": count(1), "dev_fraction": fraction(), "early_stopping_patience": optional(count(1)),
-    "lr": positive(), "warmup_ratio": fraction(), "temperature": positive(), "tau_ent": positive(),
+    "lr": positive(), "warmup_ratio": fraction(), "temperature": positive(), "tau_ent": positive(), "mask_margin": optional(num(0)),
     "max_seq_length": count(1), "eval_max_seq_length": count(1), "eval_splits": listof(name, 1),
     "n_distractors": optional(count()), "eval_pool": optional(folder), "max_queries": optional(count()), "subset_seed": count(),
     "threads": count(1), "device": device, "nproc_per_node": count(1), "cache_dir": folder, "models_dir": folder,
@@ -150,6 +151,29 @@ SCHEMA = {
     "tables": {"reference": name, "alpha": num(0, 1, lo_open=True), "delta": num(0), "delta_shortcut": num(0),
                "n_boot": count(1)},
 }
+
+# %% ../nbs/16_config.ipynb #h2gen1
+GENERATE_STAGE = {
+    "llm": "llm", "llm_cache": "generation.cache", "max_queries": "generation.queries", "profile": "generation.profile",
+    "n_neg": "generation.n_neg", "max_candidates": "generation.max_candidates",
+    "max_candidate_words": "generation.max_candidate_words", "mode": "generation.mode", "max_nodes": "generation.max_nodes",
+    "guard_margin": "generation.guard_margin", "min_words": "generation.min_words", "max_words": "generation.max_words",
+    "near_dup": "generation.near_dup", "model": "encoder.model", "max_seq_length": "encoder.max_seq_length",
+    "threads": "runtime.threads", "device": "runtime.device", "cache_dir": "runtime.embedding_cache",
+    "benchmark": "benchmark.folder",
+}  # stage key -> params path, as dvc.yaml's generate stage passes them
+
+def stage_settings(params: dict, stage: dict) -> dict:
+    "The settings a stage gets from (validated) `params`: each key's value at its dotted params path."
+    out = {}
+    for key, dotted in stage.items():
+        node = params
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node: raise ParamsError(f"params have no `{dotted}` (the stage's `{key}`).")
+            node = node[part]
+        out[key] = node
+    return out
+
 
 # %% ../nbs/16_config.ipynb #c012
 def _unknown(key: str, known) -> str:

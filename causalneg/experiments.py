@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RunSettings', 'read_pools', 'training_queries', 'run_code', 'run_key', 'train_distributed', 'probe_sets',
-           'run_variant']
+__all__ = ['SETTINGS_RENAMED', 'RunSettings', 'read_pools', 'training_queries', 'run_code', 'run_key', 'train_distributed',
+           'probe_sets', 'variant_train_config', 'run_variant']
 
 # %% ../nbs/13_experiments.ipynb #c005
 @dataclass
@@ -23,7 +23,7 @@ class RunSettings:
     pooling: str = "auto"
     epochs: float = 1.0
     max_steps: int = -1
-    batch_size: int = 16
+    batch_size: int = 8
     grad_accum: int = 1
     dev_fraction: float = 0.0       # > 0: hold out this share of training queries for early stopping
     early_stopping_patience: int | None = None
@@ -31,22 +31,25 @@ class RunSettings:
     warmup_ratio: float = 0.1
     temperature: float = 0.05
     tau_ent: float = 0.1
+    mask_margin: float | None = None  # fake-negative masking in InfoNCE: drop negatives above positive + margin; None: off
     max_seq_length: int = 128
-    eval_max_seq_length: int = 256
+    eval_max_seq_length: int = 320
     eval_splits: list = field(default_factory=lambda: ["test", "fanoutqa"])
-    n_distractors: int | None = 1000
-    eval_pool: str | None = None    # a pool.json (zeroshot stage): evaluate on its doc ids instead of a random subset
+    n_distractors: int | None = None  # None: the full corpus (or eval_pool)
+    eval_pool: str | None = "results/zeroshot/pool.json"    # a pool.json (zeroshot stage): evaluate on its doc ids instead of a random subset
     max_queries: int | None = None
     subset_seed: int = 0
-    threads: int = 1
+    threads: int = 2
     device: str = "auto"           # runtime.device: 'auto' uses a GPU when present (causalneg.encoders.DEVICES)
     nproc_per_node: int = 1        # > 1: train through `torchrun --nproc_per_node N` (DDP; GPUs or CPU/gloo)
     cache_dir: str = ".cache/embeddings"
     models_dir: str = "models"
-    drop_reasons: list | str = "all"  # filter reasons that keep a generated negative out of training and probes
+    # filter reasons that keep a generated negative out of training and probes: what is not a new negative ("all": every flag)
+    drop_reasons: list | str = field(default_factory=lambda: [
+        "empty", "same_as_positive", "near_duplicate_positive", "copy_of_candidate", "copy_of_prompt_example", "duplicate_within_query"])
     probe_n_mined: int = 3
     probe_n_gen: int = 3
-    probe_train_range: list | None = None  # [start, stop): train-part queries never trained on, added to the probe
+    probe_train_range: list | None = field(default_factory=lambda: [250, 300])  # [start, stop): train-part queries never trained on, added to the probe
 
 # %% ../nbs/13_experiments.ipynb #c006
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
@@ -115,11 +118,26 @@ def probe_sets(settings: RunSettings, train_queries: list) -> dict:
         out[gen] = (qs, pools)
     return out
 
+# %% ../nbs/13_experiments.ipynb #h2cfg1
+SETTINGS_RENAMED = {"threads": "num_threads"}  # RunSettings name -> TrainConfig name
+
+def variant_train_config(variant, seed: int, settings: RunSettings):
+    "The `TrainConfig` of one variant x seed: the settings' shared fields plus the variant's overrides."
+    from dataclasses import fields
+    from causalneg.train import TrainConfig
+    names = {f.name for f in fields(TrainConfig)}
+    shared = {SETTINGS_RENAMED.get(k, k): v for k, v in asdict(settings).items() if SETTINGS_RENAMED.get(k, k) in names}
+    return TrainConfig(**{**shared, "lambda_ent": variant.lambda_ent, "tau_ent": variant.tau_ent or settings.tau_ent,
+                          "entropy_term": variant.entropy_term, "balance_term": variant.balance_term, "seed": seed,
+                          "output_dir": str(Path(settings.models_dir, f"{variant.name}-s{seed}")),
+                          "save_strategy": "no", "logging_steps": 1})
+
+
 # %% ../nbs/13_experiments.ipynb #c010
 def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: list | None = None, force: bool = False) -> dict:
     "Train (unless zero-shot), evaluate and probe one variant with one seed; reuse a finished run with the same key."
     from causalneg.variants import Variant, variant_examples, negative_counts
-    from causalneg.train import TrainConfig, train
+    from causalneg.train import train
     from causalneg.encoders import load_encoder, set_threads
     from causalneg.eval import evaluate_encoder
     from causalneg.analysis import negative_similarities, shortcut_metrics
@@ -136,12 +154,7 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     t0, log = time.time(), []
     model_path = s.model
     if variant.train:
-        cfg = TrainConfig(model=s.model, pooling=s.pooling, max_seq_length=s.max_seq_length, epochs=s.epochs, max_steps=s.max_steps,
-                          batch_size=s.batch_size, lr=s.lr, warmup_ratio=s.warmup_ratio, temperature=s.temperature,
-                          lambda_ent=variant.lambda_ent, tau_ent=variant.tau_ent or s.tau_ent, entropy_term=variant.entropy_term,
-                          balance_term=variant.balance_term, seed=seed, output_dir=str(Path(s.models_dir, f"{variant.name}-s{seed}")),
-                          num_threads=s.threads, save_strategy="no", logging_steps=1, device=s.device, grad_accum=s.grad_accum,
-                          dev_fraction=s.dev_fraction, early_stopping_patience=s.early_stopping_patience)
+        cfg = variant_train_config(variant, seed, s)
         model_path = train(examples, cfg) if s.nproc_per_node <= 1 else train_distributed(examples, cfg, s.nproc_per_node)
         log = [r for r in json.loads(Path(cfg.output_dir, "train_summary.json").read_text())["log_history"] if "loss" in r]
     train_seconds = time.time() - t0; t0 = time.time()

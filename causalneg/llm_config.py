@@ -37,9 +37,9 @@ class LLMConfig:
     base_url: str | None = None           # any OpenAI-compatible endpoint; None -> local server or cache only
     api_key_env: str = "OPENAI_API_KEY"   # NAME of the env var holding the key (the key is never stored)
     temperature: float = 0.2
-    max_tokens: int = 1024
+    max_tokens: int = 900
     seed: int = 0
-    timeout: float = 300.0                # total deadline of one HTTP attempt (connect to last byte), seconds
+    timeout: float = 600.0                # total deadline of one HTTP attempt (connect to last byte), seconds
     max_retries: int = 3                  # transport retries (429, 5xx, timeouts, connection errors)
     concurrency: int = 1                  # bounded in-flight requests
     allow_local: bool = True              # may start the local llama.cpp server on a miss if installed

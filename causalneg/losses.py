@@ -13,7 +13,7 @@ from torch import Tensor, nn
 # %% auto #0
 __all__ = ['SOURCES', 'GENERATED_SOURCES', 'PAD_CODE', 'source_codes', 'encode_sources', 'generated_mask', 'info_nce_per_sample',
            'info_nce', 'query_view_terms', 'entropy_objective', 'query_view_entropy', 'diagnostic_keys',
-           'entropy_diagnostics', 'CausalNegLoss']
+           'entropy_diagnostics', 'fake_negative_mask', 'CausalNegLoss']
 
 # %% ../nbs/08_losses.ipynb #c006
 SOURCES = ("random", "mined", "naive", "causalneg")
@@ -194,6 +194,15 @@ def _select_rows(features: dict, idx: Tensor, n_rows: int) -> dict:
                        and v.shape[0] == am.shape[0] else v) for k, v in out.items()}
     return out
 
+# %% ../nbs/08_losses.ipynb #h2mask1
+def fake_negative_mask(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor, margin: float) -> Tensor:
+    "Mask [B, K] of valid negatives scoring above their query's positive + `margin` (likely missed positives)."
+    with torch.no_grad():  # a decision, not a term: no gradient flows through the comparison
+        s_pos = (q.float() * pos.float()).sum(-1, keepdim=True)
+        s_neg = (negs.float() * q.float()[:, None, :]).sum(-1)
+        return valid & (s_neg > s_pos + margin)
+
+
 # %% ../nbs/08_losses.ipynb #c025
 class CausalNegLoss(nn.Module):
     "sentence-transformers loss: InfoNCE + `lambda_ent` * query-view entropy over source-labelled negatives."
@@ -201,7 +210,7 @@ class CausalNegLoss(nn.Module):
                  entropy_term: bool = True, balance_term: bool = True, in_batch_negatives: bool = False,
                  gather_across_devices: bool = True, global_mean: bool = True, entropy_in_eval: bool = False,
                  track_diagnostics: bool = True, sources: Sequence[str] = SOURCES,
-                 generated_sources: Sequence[str] = GENERATED_SOURCES) -> None:
+                 generated_sources: Sequence[str] = GENERATED_SOURCES, mask_margin: float | None = None) -> None:
         """InfoNCE over per-sample negatives plus `lambda_ent` times the query-view entropy term.
 
         Args:
@@ -223,6 +232,11 @@ class CausalNegLoss(nn.Module):
                 (read with `pop_diagnostics`).
             sources: source vocabulary; label codes index it.
             generated_sources: sources the entropy term treats as generated.
+            mask_margin: fake-negative masking for InfoNCE. A negative whose score q.d (before the
+                temperature) is above its own query's positive score + `mask_margin` is likely a missed
+                positive: it is dropped from the InfoNCE softmax and gets no gradient from it (the
+                entropy term still sees it). The authors' baseline script uses 0.1. None (default):
+                off, and no masking op runs.
 
         Inputs:
             columns (query, positive, neg_0, ..., neg_{K-1}) and labels [batch, K] of source codes,
@@ -254,6 +268,7 @@ class CausalNegLoss(nn.Module):
         self.in_batch_negatives, self.gather_across_devices = bool(in_batch_negatives), bool(gather_across_devices)
         self.global_mean, self.entropy_in_eval = bool(global_mean), bool(entropy_in_eval)
         self.track_diagnostics = bool(track_diagnostics)
+        self.mask_margin = None if mask_margin is None else float(mask_margin)
         self.sources, self.generated_sources = tuple(sources), tuple(generated_sources)
         self.reset_diagnostics()
 
@@ -317,11 +332,12 @@ class CausalNegLoss(nn.Module):
         use_ent = self.lambda_ent > 0 and (training or self.entropy_in_eval)
         world = _dist_world() if self.global_mean else 1
 
-        offset, pos_c, negs_c, valid_c = 0, pos, negs, valid
+        valid_nce = valid if self.mask_margin is None else valid & ~fake_negative_mask(q, pos, negs, valid, self.mask_margin)
+        offset, pos_c, negs_c, valid_c = 0, pos, negs, valid_nce
         if self.in_batch_negatives and self.gather_across_devices and _dist_world() > 1:
             from sentence_transformers.util import all_gather, all_gather_with_grad, get_rank
             pos_c, negs_c = all_gather_with_grad(pos), all_gather_with_grad(negs)
-            valid_c = all_gather(valid.to(torch.uint8)).bool()  # gloo cannot gather bool
+            valid_c = all_gather(valid_nce.to(torch.uint8)).bool()  # gloo cannot gather bool
             offset = get_rank() * q.shape[0]
         nce = info_nce_per_sample(q, pos_c, negs_c, valid_c, self.temperature, self.in_batch_negatives, offset)
         terms = query_view_terms(q, negs, gen, valid, self.tau_ent) if use_ent else None
@@ -365,7 +381,8 @@ class CausalNegLoss(nn.Module):
         return {"temperature": self.temperature, "lambda_ent": self.lambda_ent, "tau_ent": self.tau_ent,
                 "entropy_term": self.entropy_term, "balance_term": self.balance_term,
                 "in_batch_negatives": self.in_batch_negatives, "sources": list(self.sources),
-                "generated_sources": list(self.generated_sources)}
+                "generated_sources": list(self.generated_sources),
+                **({} if self.mask_margin is None else {"mask_margin": self.mask_margin})}  # off: the card as before
 
     @property
     def citation(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'LiveStream', 'run_notebook',
            'scrub_paths', 'offline_html', 'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile',
-           'use_profile', 'render_docs', 'write_index', 'main']
+           'use_profile', 'save_outputs', 'render_docs', 'write_index', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #root-def
 def project_root(start=None) -> Path:
@@ -70,17 +70,23 @@ class LiveStream:
     def __init__(self, target, every: float = 10.0, clock=time.monotonic):
         self.target, self.every, self.clock = target, every, clock
         self.tty = hasattr(target, "isatty") and target.isatty()
-        self.last, self.shown = {}, {}  # bar -> time of its last line, bar -> that line
+        self.last, self.finished = {}, set()  # bar -> time of its last line; bars whose 100% frame was shown
+        self.echo = False                     # inside the source lines a dropped warning echoes
     def write(self, text: str):
         if self.tty: self.target.write(text); return
         for line in re.split(r"[\r\n]+", _ANSI.sub("", text)):
-            if not line.strip(): continue
+            if self.echo and line[:1] in (" ", "\t"): continue
+            self.echo = bool(_NOISE.search(line))
+            if not line.strip() or self.echo: continue
             bar = _bar_key(line)
             if bar is None: self.target.write(line + "\n"); continue
             now, done = self.clock(), bool(re.search(r"\b100%\|", line))
-            if line == self.shown.get(bar): continue  # tqdm redraws the final frame when it closes
+            if bar in self.finished:
+                if done: continue  # tqdm redraws its final frame on close, often with a new rate
+                self.finished.discard(bar); self.last.pop(bar, None)  # a new bar under the same name: show its start
             if done or now - self.last.get(bar, -1e18) >= self.every:
-                self.target.write(line + "\n"); self.last[bar], self.shown[bar] = now, line
+                self.target.write(line + "\n"); self.last[bar] = now
+                if done: self.finished.add(bar)
     def flush(self):
         try: self.target.flush()
         except (AttributeError, ValueError): pass
@@ -322,16 +328,30 @@ def _test_flags(root) -> list:
     return cfg["DEFAULT"].get("tst_flags", "").split()
 
 def _library_notebooks(root, names=None) -> list:
-    "The library notebooks `nbs/NN_*.ipynb` (all, or those named by stem or path), with a clear error for a missing one."
-    have = sorted((Path(root) / "nbs").glob("[0-9][0-9]_*.ipynb"))
+    "The library notebooks `nbs/NN_*.ipynb` and `nbs/NNx_*.ipynb` (all, or those named by stem or path), with a clear error for a missing one."
+    have = sorted((Path(root) / "nbs").glob("[0-9][0-9]*_*.ipynb"))
     if names is None: return have
     picked = [Path(n) if str(n).endswith(".ipynb") else Path(root) / "nbs" / f"{n}.ipynb" for n in names]
     missing = [str(p) for p in picked if not p.is_file()]
     if missing: raise FileNotFoundError(f"No notebook {', '.join(missing)}. Library notebooks: {[p.stem for p in have]}")
     return picked
 
-def render_docs(out="reports/docs", notebooks=None, timeout=900, skip_flags=None, root=None) -> dict:
-    "Execute library notebooks from the repo root and render each, outputs included, to `out/NAME.html`; return each one's status."
+def save_outputs(path, executed, root):
+    "Write the outputs of `executed` (a run of notebook `path`) into `path` itself, cleaned as the reports are: the source stays as it was."
+    import nbformat
+    nb = nbformat.read(str(path), as_version=4)
+    ran = strip_progress(scrub_paths(copy.deepcopy(executed), [root]))
+    if len(ran.cells) != len(nb.cells): raise ValueError(f"{path}: the executed copy has {len(ran.cells)} cells, the notebook {len(nb.cells)}")
+    for cell, done in zip(nb.cells, ran.cells):
+        if cell.cell_type != "code": continue
+        cell.execution_count = None
+        cell.outputs = done.get("outputs", [])
+        for o in cell.outputs:
+            if "execution_count" in o: o["execution_count"] = None  # counts would change on every run
+    nbformat.write(nb, str(path))
+
+def render_docs(out="reports/docs", notebooks=None, timeout=900, skip_flags=None, root=None, save=False) -> dict:
+    "Execute library notebooks from the repo root and render each, outputs included, to `out/NAME.html` (`save`: outputs into the notebook too)."
     import nbformat
     from nbclient import NotebookClient
     root = Path(root) if root else project_root()
@@ -353,6 +373,7 @@ def render_docs(out="reports/docs", notebooks=None, timeout=900, skip_flags=None
             status = "ok"
         except Exception as e:  # the page still shows every cell up to the failure, and its error
             status = f"failed: {getattr(e, 'ename', type(e).__name__)}: {str(getattr(e, 'evalue', '') or '')[:200]}".rstrip(": ")
+        if save and status == "ok": save_outputs(path, nb, root)  # a failed run would overwrite good outputs with an error
         render_html(_docs_view(nb), out / f"{path.stem}.html", roots=[root])
         done[path.stem] = {"status": status, "seconds": round(time.time() - t0, 1)}
         print(f"[causalneg] docs {path.stem}: {status} ({done[path.stem]['seconds']} s)", file=sys.stderr)
@@ -415,15 +436,16 @@ def write_index(reports="reports", out=None) -> Path:
 
 # %% ../nbs/10_pipeline.ipynb #c014
 def _docs_main(argv) -> int:
-    "`docs [--out DIR] [--reports DIR] [--timeout S] [NOTEBOOK ...]`: render library notebooks, then the index; `index`: the index only."
-    opts, names, rest = {"--out": "reports/docs", "--reports": "reports", "--timeout": "900"}, [], argv[1:]
+    "`docs [--save] [--out DIR] [--reports DIR] [--timeout S] [NOTEBOOK ...]`: render library notebooks (`--save`: keep their outputs in nbs/ too), then the index; `index`: the index only."
+    opts, names, rest, save = {"--out": "reports/docs", "--reports": "reports", "--timeout": "900"}, [], argv[1:], False
     while rest:
-        if rest[0] in opts:
+        if rest[0] == "--save": save, rest = True, rest[1:]
+        elif rest[0] in opts:
             if len(rest) < 2: raise SystemExit(f"{rest[0]} needs a value")
             opts[rest[0]], rest = rest[1], rest[2:]
         else: names, rest = names + [rest[0]], rest[1:]
     if argv[0] == "index" and names: raise SystemExit("usage: python -m causalneg.pipeline index [--reports DIR]")
-    done = render_docs(opts["--out"], names or None, timeout=float(opts["--timeout"])) if argv[0] == "docs" else {}
+    done = render_docs(opts["--out"], names or None, timeout=float(opts["--timeout"]), save=save) if argv[0] == "docs" else {}
     print(f"[causalneg] index: {write_index(opts['--reports'])}", file=sys.stderr)
     failed = [n for n, r in done.items() if r["status"] != "ok"]
     if failed: print(f"[causalneg] docs: failed (their pages show the error): {', '.join(failed)}", file=sys.stderr)

@@ -53,7 +53,7 @@ def _analysis(need, satisfies, boundary, *nodes):
 def _neg(strategy_id, cand, breaks, text):
     return {"strategy_id": strategy_id, "rewritten_candidate": cand, "breaks": breaks, "text": text}
 
-# %% ../nbs/05a_prompt_profiles.ipynb #c010
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-wikivital
 _WIKIVITAL = Profile(
     name="wikivital",
     title="Wikipedia vital articles: query = an article's short description, passage = an article's lead paragraph.",
@@ -105,6 +105,7 @@ _WIKIVITAL = Profile(
     length_words=75,
 )
 
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-generic
 _GENERIC = Profile(
     name="generic",
     title="A retrieval dataset of search queries and corpus passages.",
@@ -140,6 +141,7 @@ _GENERIC = Profile(
     length_words=80,
 )
 
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-nq
 _NQ = Profile(
     name="nq",
     title="Natural Questions: real Google search questions, passages from Wikipedia articles.",
@@ -177,6 +179,7 @@ _NQ = Profile(
     length_words=100,
 )
 
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-trivia
 _TRIVIA = Profile(
     name="trivia",
     title="TriviaQA: trivia questions, evidence passages from Wikipedia and the web.",
@@ -214,6 +217,7 @@ _TRIVIA = Profile(
     length_words=100,
 )
 
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-hotpot
 _HOTPOT = Profile(
     name="hotpotqa",
     title="HotpotQA: multi-hop questions, passages are first paragraphs of Wikipedia articles.",
@@ -251,6 +255,7 @@ _HOTPOT = Profile(
     length_words=60,
 )
 
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-msmarco
 _MSMARCO = Profile(
     name="msmarco",
     title="MS MARCO: real Bing search queries, passages extracted from web pages.",
@@ -286,6 +291,7 @@ _MSMARCO = Profile(
     length_words=60,
 )
 
+# %% ../nbs/05a_prompt_profiles.ipynb #prof-table
 PROFILES = {p.name: p for p in (_WIKIVITAL, _GENERIC, _NQ, _TRIVIA, _HOTPOT, _MSMARCO)}
 
 # %% ../nbs/05a_prompt_profiles.ipynb #c011

@@ -191,6 +191,7 @@ class TrainConfig:
     entropy_term: bool = True
     balance_term: bool = True
     in_batch_negatives: bool = False
+    mask_margin: float | None = None          # fake-negative masking in InfoNCE (CausalNegLoss); None: off
     seed: int = 0
     shuffle: bool = True
     output_dir: str = "models/run"
@@ -341,7 +342,7 @@ def train(examples: Sequence[dict], config: TrainConfig | None = None, dev_examp
                               device="cpu" if resolve_device(c.device) == "cpu" else None)
     loss = CausalNegLoss(model, temperature=c.temperature, lambda_ent=c.lambda_ent, tau_ent=c.tau_ent,
                          entropy_term=c.entropy_term, balance_term=c.balance_term,
-                         in_batch_negatives=c.in_batch_negatives)
+                         in_batch_negatives=c.in_batch_negatives, mask_margin=c.mask_margin)
     out = Path(c.output_dir)
     args = training_args(c, dev_ds is not None)
     callbacks = [JsonlLogger(out / "train_log.jsonl")] + ([ProgressLine(out.name)] if c.progress else [])

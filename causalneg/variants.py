@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['NOT_A_NEW_NEGATIVE', 'Variant', 'main_variants', 'ablation_variants', 'check_drop', 'usable', 'variant_examples',
-           'negative_counts']
+__all__ = ['SWEEPS', 'MAIN_ORDER', 'Variant', 'main_variants', 'sweep_name', 'ablation_variants', 'requested_rows',
+           'probe_generator', 'check_drop', 'usable', 'variant_examples', 'negative_counts']
 
 # %% ../nbs/11_variants.ipynb #c005
 @dataclass(frozen=True)
@@ -41,19 +41,34 @@ def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_eff
             _v("causalneg_eff", f"CausalNeg at the effective weight (lambda={lambda_effective:g})", lambda_effective, mined=M, causalneg=G),
             _v("mined_naive_ent", "mined + naive + entropy", lambda_ent, mined=M, naive=G)]
 
+SWEEPS = {"lambda": "causalneg_lambda_", "tau": "causalneg_tau_"}  # sweep kind -> the prefix of its rows' names
+
+def sweep_name(kind: str, value: float) -> str:
+    "The row name of one point of a sweep: `kind` 'lambda' (lambda_ent) or 'tau' (tau_ent) at `value`."
+    if kind not in SWEEPS: raise ValueError(f"sweep kind must be one of {sorted(SWEEPS)}, got {kind!r}")
+    return f"{SWEEPS[kind]}{value:g}"
+
 def ablation_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambdas=(), taus=()) -> list:
     "Entropy without its H term, without its balance term, and the lambda / tau_ent sweeps."
     base = {"mined": n_mined, "causalneg": n_gen}
     out = [Variant("causalneg_no_h", "CausalNeg without H term", base, lambda_ent, entropy_term=False),
            Variant("causalneg_no_balance", "CausalNeg without balance term", base, lambda_ent, balance_term=False)]
-    out += [Variant(f"causalneg_lambda_{l:g}", f"CausalNeg, lambda={l:g}", base, l) for l in lambdas]
-    out += [Variant(f"causalneg_tau_{t:g}", f"CausalNeg, tau_ent={t:g}", base, lambda_ent, tau_ent=t) for t in taus]
+    out += [Variant(sweep_name("lambda", l), f"CausalNeg, lambda={l:g}", base, l) for l in lambdas]
+    out += [Variant(sweep_name("tau", t), f"CausalNeg, tau_ent={t:g}", base, lambda_ent, tau_ent=t) for t in taus]
     return out
 
-# %% ../nbs/11_variants.ipynb #c008
-NOT_A_NEW_NEGATIVE = ("empty", "same_as_positive", "near_duplicate_positive", "copy_of_candidate",
-                      "copy_of_prompt_example", "duplicate_within_query")
+# %% ../nbs/11_variants.ipynb #rows-def
+MAIN_ORDER = tuple(v.name for v in main_variants(1, 1))  # the main table's rows, in the order they are printed
 
+def requested_rows(variants=(), ablations=(), lambdas=(), taus=()) -> list:
+    "Row names a profile asks for: its main rows and ablations as named, then one row per sweep value."
+    return [*variants, *ablations, *(sweep_name("lambda", l) for l in lambdas), *(sweep_name("tau", t) for t in taus)]
+
+def probe_generator(negatives: dict) -> str:
+    "The generator whose probe a row is shown on: 'naive' for a row trained on naive negatives, else 'causalneg' (CoT)."
+    return "naive" if "naive" in negatives else "causalneg"
+
+# %% ../nbs/11_variants.ipynb #c008
 def check_drop(drop) -> str | tuple:
     "Validate a `drop` setting: 'all' or a list of filter reasons from `causalneg.perturbation.FILTER_REASONS`."
     from causalneg.perturbation import FILTER_REASONS

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from causalneg.pipeline import lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("build_llm_cache", ROOT / "scripts" / "build_llm_cache.py")
@@ -47,17 +46,19 @@ def test_write_block_says_to_mine_first(tmp_path):
         blc.read_mined(tmp_path / "nothing")
 
 
-def test_stage_parameters_follow_dvc_yaml():
+def test_stage_parameters_come_from_params_through_causalneg_config():
     "Every generate setting the stage reads from params.yaml reaches the blocks, except what a block sets itself."
+    from causalneg.config import GENERATE_STAGE, load_params, stage_settings
+    from causalneg.pipeline import parse_parameters
+
     words = blc.stage_parameters()
-    pairs = dict(zip(words[1::3], words[2::3]))
-    assert set(words[0::3]) == {"-P"} and "max_queries" not in pairs and "llm" not in pairs
-    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["generate"]["cmd"]
-    for key in ("profile", "n_neg", "max_candidates", "mode", "max_nodes", "model", "benchmark", "guard_margin"):
-        assert f"-P {key} {pairs[key]}" in cmd
+    assert set(words[0::3]) == {"-y"}
+    got = parse_parameters(words)  # what the generate stage receives
+    want = stage_settings(load_params(ROOT / "params.yaml"), GENERATE_STAGE)
+    assert set(got) == set(want) - blc.BLOCK_KEYS and "max_queries" not in got and "llm" not in got
+    for key, value in got.items():
+        assert (value, type(value)) == (want[key], type(want[key])), key
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted in pairs.values():
-        lookup(params, dotted)  # raises on a key params.yaml lacks
     llm = json.loads(blc._llm_params(3))
     assert llm["local_threads"] == 3 and llm["model"] == params["llm"]["model"]
 

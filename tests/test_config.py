@@ -77,3 +77,66 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
 def test_every_shipped_profile_validates(tmp_path, name):
     use_profile(name, tmp_path / "params.yaml", ROOT / "profiles")
     assert load_params(tmp_path / "params.yaml")["profile"] == name
+
+
+# params block -> the dataclass its keys fill (the code default of a key is what a run gets when the key is left out)
+def bindings():
+    from causalneg.experiments import RunSettings
+    from causalneg.llm_config import LLMConfig
+
+    profile = yaml.safe_load((ROOT / "profiles" / "default.yaml").read_text())
+    return [("experiments.settings", profile["experiments"]["settings"], RunSettings), ("llm", profile["llm"], LLMConfig)]
+
+
+# profile values the code deliberately leaves to params: a price table is an accounting choice, None = not priced
+NOT_A_CODE_DEFAULT = {"llm.prices"}
+
+
+def disagreements(block: str, values: dict, cls) -> list:
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{block}.{f.name}"
+        if f.name not in values or key in NOT_A_CODE_DEFAULT:
+            continue
+        code = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if values[f.name] != code:
+            out.append(f"{key}: profiles/default.yaml says {values[f.name]!r}, {cls.__name__}.{f.name} defaults to {code!r}")
+    return out
+
+
+def test_code_defaults_equal_the_default_profile():
+    "Every default exists once: a key the default profile sets has the same value as its dataclass default."
+    bad = [d for block, values, cls in bindings() for d in disagreements(block, values, cls)]
+    assert not bad, "code defaults disagree with the default profile:\n" + "\n".join(bad)
+
+
+def test_the_defaults_check_catches_a_disagreement():
+    from causalneg.experiments import RunSettings
+
+    values = {**bindings()[0][1], "batch_size": 999}
+    assert disagreements("experiments.settings", values, RunSettings) == [
+        "experiments.settings.batch_size: profiles/default.yaml says 999, RunSettings.batch_size defaults to 8"
+    ]
+
+
+def test_every_dataclass_key_is_in_the_schema():
+    from causalneg.config import LLM, RUN_SETTINGS
+
+    for (_, _, cls), schema in zip(bindings(), (RUN_SETTINGS, LLM)):
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(schema) <= names, f"schema keys {set(schema) - names} are not {cls.__name__} fields"
+
+
+def test_generate_stage_mapping_is_dvc_yamls():
+    "causalneg.config.GENERATE_STAGE lists exactly the `-P KEY PATH` pairs of dvc.yaml's generate stage."
+    import shlex
+
+    from causalneg.config import GENERATE_STAGE
+
+    words = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["generate"]["cmd"])
+    pairs = {words[i + 1]: words[i + 2] for i, w in enumerate(words) if w == "-P"}
+    assert pairs == GENERATE_STAGE

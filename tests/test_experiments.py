@@ -55,3 +55,59 @@ def test_torchrun_training_matches_one_process(tmp_path):
     diff = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
     assert moved > 1e-4, "training must change the weights"
     assert diff < 1e-5 * max(1.0, moved * 100), f"DDP and single-process weights differ by {diff} (moved {moved})"
+
+
+def old_train_config(variant, seed, s):
+    "run_variant's explicit TrainConfig before `variant_train_config` (kept to prove the helper changes nothing)."
+    from pathlib import Path
+
+    return TrainConfig(
+        model=s.model,
+        pooling=s.pooling,
+        max_seq_length=s.max_seq_length,
+        epochs=s.epochs,
+        max_steps=s.max_steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        warmup_ratio=s.warmup_ratio,
+        temperature=s.temperature,
+        lambda_ent=variant.lambda_ent,
+        tau_ent=variant.tau_ent or s.tau_ent,
+        entropy_term=variant.entropy_term,
+        balance_term=variant.balance_term,
+        seed=seed,
+        output_dir=str(Path(s.models_dir, f"{variant.name}-s{seed}")),
+        num_threads=s.threads,
+        save_strategy="no",
+        logging_steps=1,
+        device=s.device,
+        grad_accum=s.grad_accum,
+        dev_fraction=s.dev_fraction,
+        early_stopping_patience=s.early_stopping_patience,
+    )
+
+
+def test_variant_train_config_equals_the_old_explicit_construction():
+    from causalneg.experiments import RunSettings, variant_train_config
+    from causalneg.variants import ablation_variants, main_variants
+
+    s = RunSettings(batch_size=4, lr=1e-4, threads=3, device="cpu", grad_accum=2, dev_fraction=0.1, early_stopping_patience=2)
+    for v in main_variants(3, 3) + ablation_variants(3, 3, taus=[0.2]):
+        for seed in (0, 2):
+            assert variant_train_config(v, seed, s) == old_train_config(v, seed, s), v.name
+
+
+def test_variant_train_config_carries_every_shared_field():
+    "A field RunSettings and TrainConfig both have reaches the TrainConfig (tau_ent: unless the variant sets its own)."
+    from dataclasses import fields
+
+    from causalneg.experiments import SETTINGS_RENAMED, RunSettings, variant_train_config
+    from causalneg.variants import Variant
+
+    train_names = {f.name for f in fields(TrainConfig)}
+    shared = {f.name for f in fields(RunSettings) if SETTINGS_RENAMED.get(f.name, f.name) in train_names}
+    assert {"lr", "batch_size", "mask_margin", "threads", "tau_ent"} <= shared
+    s = RunSettings(mask_margin=0.1, lr=3e-5, threads=4, batch_size=5, tau_ent=0.3)
+    c = variant_train_config(Variant("x", "x", {"mined": 1}), 1, s)
+    for name in shared:
+        assert getattr(c, SETTINGS_RENAMED.get(name, name)) == getattr(s, name), name

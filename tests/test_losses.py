@@ -385,3 +385,42 @@ def test_module_bad_settings(kw, msg):
     with pytest.raises(ValueError) as e:
         CausalNegLoss(None, **kw)
     assert msg in str(e.value)
+
+
+# ---------------------------------------------------------------- fake-negative masking
+def masking_inputs():
+    q = torch.tensor([[1.0, 0.0]])
+    pos = torch.tensor([[0.5, 0.5]])  # q.pos = 0.5
+    negs = torch.tensor([[[0.9, 0.1], [0.55, 0.3]]], requires_grad=True)  # q.neg = 0.9 (> 0.5 + 0.1), 0.55 (not)
+    return q, pos, negs, encode_sources([["mined", "mined"]])
+
+
+def test_mask_margin_drops_a_negative_above_the_positive_plus_margin():
+    "A negative above pos + margin leaves the softmax and gets no gradient; one below stays."
+    q, pos, negs, labels = masking_inputs()
+    loss = CausalNegLoss(None, lambda_ent=0.0, mask_margin=0.1, track_diagnostics=False)
+    out = loss.compute_loss_from_embeddings(q, pos, negs, labels)["info_nce"]
+    t = 0.05
+    want = math.log(math.exp(0.5 / t) + math.exp(0.55 / t)) - 0.5 / t  # only the second negative competes
+    assert out.item() == pytest.approx(want, rel=1e-6)
+    out.backward()
+    assert negs.grad[0, 0].abs().sum() == 0 and negs.grad[0, 1].abs().sum() > 0
+
+
+def test_mask_margin_none_is_bitwise_the_loss_without_masking(monkeypatch):
+    "With mask_margin=None the loss and its gradient are bitwise unchanged and the masking code never runs."
+    import causalneg.losses as L
+
+    q, pos, negs, labels = masking_inputs()
+    plain = CausalNegLoss(None, lambda_ent=0.0, track_diagnostics=False).compute_loss_from_embeddings(q, pos, negs, labels)[
+        "info_nce"
+    ]
+    (g_plain,) = torch.autograd.grad(plain, negs)
+    monkeypatch.setattr(L, "fake_negative_mask", lambda *a, **k: pytest.fail("masking ran with mask_margin=None"))
+    off = CausalNegLoss(None, lambda_ent=0.0, mask_margin=None, track_diagnostics=False).compute_loss_from_embeddings(
+        q, pos, negs, labels
+    )
+    (g_off,) = torch.autograd.grad(off["info_nce"], negs)
+    assert torch.equal(plain, off["info_nce"]) and torch.equal(g_plain, g_off)
+    ref = ref_info_nce(q, pos, negs.detach(), torch.ones(1, 2, dtype=torch.bool), 0.05)
+    assert plain.item() == pytest.approx(float(ref), rel=1e-6)
