@@ -291,13 +291,19 @@ class LLMClient:
         return request_key(self.config.model, messages, {**dec, "json_schema": {"name": name, "schema": schema}})
 
     def chat_json(self, messages: list, schema: dict, name: str = "output", validate: Callable | None = None, *,
-                  temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None) -> dict:
-        "JSON reply to `messages` that matches `schema` (and `validate`): from the cache, else called, repaired and cached."
+                  temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None,
+                  with_key: bool = False):
+        "JSON reply to `messages` that matches `schema` (and `validate`): from the cache, else called, repaired and cached; `with_key`: (reply, its cache key)."
         messages, validator, cfg = _check_messages(messages), _schema_validator(schema), self.config
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", name):
             raise ValueError(f"name must be 1-64 letters, digits, _ or -, got {name!r}.")
         decoding = cfg.decoding(temperature, max_tokens, seed)
         key = self.key_for(messages, schema, name, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        reply = self._reply(messages, schema, name, validator, validate, decoding, key)
+        return (reply, key) if with_key else reply  # the key travels with the reply: callers record it, never recompute it
+
+    def _reply(self, messages, schema, name, validator, validate, decoding, key):
+        "The reply under `key`: replayed, or asked once across threads and processes (a claim per key) and cached."
         hit = self._replay(key, name)
         if hit is not None: return hit[0]
         if why := self.unavailable(): raise self._miss(key, why)

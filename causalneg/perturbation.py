@@ -5,24 +5,20 @@
 # %% ../nbs/07_perturbation.ipynb #c002
 from __future__ import annotations
 
-import difflib, hashlib, json, re, unicodedata, warnings
-from collections import Counter
+import hashlib, json, warnings
 
 import jsonschema
-import numpy as np
 
 from functools import partial
 
-from .prompts import (STRATEGY_TYPES, ORIGINS, get_profile, analysis_schema, generation_schema,
+from .prompts import (ORIGINS, get_profile, analysis_schema, generation_schema,
                                naive_schema, normalise_analysis, usable_strategies, pick_strategies, validate_analysis,
                                validate_generation, generation_validator, validate_naive, build_analysis_messages,
-                               build_generation_messages, build_strategy_messages, build_naive_messages,
-                               truncate_words)
+                               build_generation_messages, build_strategy_messages, build_naive_messages)
 
 # %% auto #0
-__all__ = ['GENERATION_MODES', 'FILTER_REASONS', 'check_items', 'request_cache_key', 'FakeClient', 'analyse_item',
-           'generate_item', 'generate_causalneg', 'generate_naive', 'normalize_text', 'word_ratio', 'containment',
-           'overlap', 'example_passages', 'apply_filters', 'filter_all', 'generation_report', 'report_markdown']
+__all__ = ['GENERATION_MODES', 'check_items', 'request_cache_key', 'ask_json', 'FakeClient', 'analyse_item', 'generate_item',
+           'generate_causalneg', 'generate_naive']
 
 # %% ../nbs/07_perturbation.ipynb #c005
 _ITEM_KEYS = {"qid": str, "query": str, "pos_id": str, "positive": str}
@@ -57,12 +53,20 @@ def request_cache_key(client, messages: list, schema: dict, name: str = "output"
                       separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
+def ask_json(client, messages: list, schema: dict, name: str, validate=None) -> tuple:
+    "(reply, cache key) of one `chat_json` call: the key comes back with the reply (`with_key`), derived only for a client that cannot return it."
+    import inspect
+    if "with_key" in inspect.signature(client.chat_json).parameters:
+        return client.chat_json(messages, schema, name=name, validate=validate, with_key=True)
+    return client.chat_json(messages, schema, name=name, validate=validate), request_cache_key(client, messages, schema, name)
+
 # %% ../nbs/07_perturbation.ipynb #c011
 class FakeClient:
     "An offline stand-in for `LLMClient` that answers `chat_json` with `respond(messages, schema, name)`."
     def __init__(self, respond, max_repairs: int = 1):
         self.respond, self.max_repairs, self.calls = respond, max_repairs, []
-    def chat_json(self, messages, schema, name="output", validate=None):
+    def chat_json(self, messages, schema, name="output", validate=None, *, with_key=False):
+        "The first scripted answer that passes `schema` and `validate`; `with_key`: (answer, its cache key)."
         self.calls.append({"messages": messages, "schema": schema, "name": name})
         answers = self.respond(messages, schema, name)
         answers = answers if isinstance(answers, list) else [answers]
@@ -72,7 +76,7 @@ class FakeClient:
             try:
                 jsonschema.validate(obj, schema)
                 if validate is not None: validate(obj)
-                return obj
+                return (obj, request_cache_key(self, messages, schema, name)) if with_key else obj
             except (jsonschema.ValidationError, ValueError) as e: err = e
         raise ValueError(f"output {name!r} invalid after {self.max_repairs} repair(s): {err}")
     def map(self, fn, items, desc=""):
@@ -83,10 +87,9 @@ def analyse_item(item: dict, client, profile="wikivital", max_nodes: int = 8) ->
     "Run the CoT analysis call for one item: the analysis record (normalised analysis, raw output, cache key)."
     msgs = build_analysis_messages(profile, item["query"], item["positive"])
     schema = analysis_schema(max_nodes=max_nodes)
-    raw = client.chat_json(msgs, schema, name="analysis", validate=validate_analysis)
+    raw, key = ask_json(client, msgs, schema, "analysis", validate=validate_analysis)
     return {"qid": item["qid"], "pos_id": item["pos_id"], "query": item["query"],
-            "analysis": normalise_analysis(raw), "raw": raw,
-            "cache_key": request_cache_key(client, msgs, schema, "analysis"), "error": None}
+            "analysis": normalise_analysis(raw), "raw": raw, "cache_key": key, "error": None}
 
 def _neg_record(item, j, s, g, cand, keys, mode):
     c = g["rewritten_candidate"]
@@ -113,8 +116,7 @@ def generate_item(item: dict, arec: dict, client, profile="wikivital", n_neg: in
                                          max_candidates=max_candidates, max_candidate_words=max_candidate_words,
                                          max_positive_words=40 if max_positive_words is None else max_positive_words)
         schema = generation_schema(list(strats), n_candidates=len(cands), n_neg=n_neg, min_neg=min(n_neg, len(strats)))
-        out = client.chat_json(msgs, schema, name="negatives", validate=generation_validator(analysis, len(cands), n_neg))
-        key = request_cache_key(client, msgs, schema, "negatives")
+        out, key = ask_json(client, msgs, schema, "negatives", validate=generation_validator(analysis, len(cands), n_neg))
         return [_neg_record(item, j, strats[g["strategy_id"]], g,
                             cands[g["rewritten_candidate"] - 1] if g["rewritten_candidate"] else None,
                             [arec["cache_key"], key], mode) for j, g in enumerate(out["negatives"])], []
@@ -127,11 +129,10 @@ def generate_item(item: dict, arec: dict, client, profile="wikivital", n_neg: in
                                        max_positive_words=25 if max_positive_words is None else max_positive_words)
         schema = generation_schema([s["id"]], n_candidates=int(cand is not None), n_neg=1, min_neg=1)
         val = partial(validate_generation, strategy_ids=[s["id"]], n_candidates=int(cand is not None), n_neg=1)
-        try: out = client.chat_json(msgs, schema, name="negative", validate=val)
+        try: out, key = ask_json(client, msgs, schema, "negative", validate=val)
         except ValueError as e:
             if on_error == "raise": raise
             errors.append(f"{s['id']}: {type(e).__name__}: {e}"); continue
-        key = request_cache_key(client, msgs, schema, "negative")
         recs.append(_neg_record(item, j, s, out["negatives"][0], cand, [arec["cache_key"], key], mode))
     if not recs and errors: raise ValueError(f"every negative failed; first: {errors[0]}")
     return recs, errors
@@ -188,10 +189,7 @@ def generate_naive(items, client, profile="wikivital", n_neg: int = 3, on_error:
     schema = naive_schema(n_neg)
     def _one(it):
         msgs = build_naive_messages(profile, it["query"], n_neg)
-        def call():
-            out = client.chat_json(msgs, schema, name="naive_negatives", validate=validate_naive)
-            return out, request_cache_key(client, msgs, schema, "naive_negatives")
-        res, err = _run_guarded(call, it["qid"], "naive", on_error)
+        res, err = _run_guarded(lambda: ask_json(client, msgs, schema, "naive_negatives", validate=validate_naive), it["qid"], "naive", on_error)
         if err: return [], {"qid": it["qid"], "pos_id": it["pos_id"], "cache_key": None, "error": err}
         out, key = res
         recs = [{"neg_id": f"{it['qid']}-nv{j}", "text": t.strip(), "source": "naive", "qid": it["qid"],
@@ -204,207 +202,8 @@ def generate_naive(items, client, profile="wikivital", n_neg: int = 3, on_error:
     if n_err: warnings.warn(f"Naive generation failed for {n_err} of {len(items)} items (see return_meta=True).")
     return (negs, metas) if return_meta else negs
 
-# %% ../nbs/07_perturbation.ipynb #c027
-FILTER_REASONS = ("empty", "same_as_positive", "near_duplicate_positive", "copy_of_candidate", "copy_of_prompt_example",
-                  "names_positive", "contains_query", "too_short", "too_long", "duplicate_within_query", "false_negative_guard")
-
-def normalize_text(text: str) -> str:
-    "Lowercase, NFKC, punctuation to spaces, whitespace collapsed: the form the filters compare."
-    t = unicodedata.normalize("NFKC", str(text)).lower()
-    return " ".join(re.sub(r"[\W_]+", " ", t).split())
-
-def word_ratio(a: str, b: str) -> float:
-    "difflib similarity ratio of the normalised word sequences of `a` and `b` (1.0 = same words, same order)."
-    wa, wb = normalize_text(a).split(), normalize_text(b).split()
-    if not wa and not wb: return 1.0
-    return difflib.SequenceMatcher(None, wa, wb, autojunk=False).ratio()
-
-def containment(a: str, b: str, n: int = 3) -> float:
-    "Share of the word `n`-grams of `a` (normalised) that also occur in `b` (fewer words: shorter grams)."
-    wa, wb = normalize_text(a).split(), normalize_text(b).split()
-    if not wa: return 1.0
-    n = min(n, len(wa))
-    ga = [tuple(wa[i:i + n]) for i in range(len(wa) - n + 1)]
-    gb = {tuple(wb[i:i + n]) for i in range(len(wb) - n + 1)}
-    return sum(g in gb for g in ga) / len(ga)
-
-def overlap(a: str, b: str) -> float:
-    "How much of `a` is a copy of `b`: max of `word_ratio` and `containment` of `a` in `b`."
-    return max(word_ratio(a, b), containment(a, b))
-
-# %% ../nbs/07_perturbation.ipynb #c029
-def example_passages() -> list:
-    "Every passage of the profiles' worked examples (positives, candidates, negatives): text no negative should copy."
-    from causalneg.prompts import PROFILES
-    return [t for p in PROFILES.values()
-            for t in (p.example.positive, *p.example.candidates, *(n["text"] for n in p.example.negatives))]
-
-def apply_filters(negatives: list, item: dict, encode=None, margin: float = 0.0, min_words: int = 12,
-                  max_words: int = 250, near_dup: float = 0.85, encode_query=None,
-                  contains_query_min_words: int = 4, example_copy: float = 0.5) -> list:
-    "Copies of `negatives` (of one item) with `filter` (None or first reason) and `filter_reasons` set."
-    if not 0 < near_dup <= 1: raise ValueError(f"near_dup must be in (0, 1], got {near_dup}")
-    if not 0 < example_copy <= 1: raise ValueError(f"example_copy must be in (0, 1], got {example_copy}")
-    examples = example_passages()
-    if min_words > max_words: raise ValueError(f"min_words ({min_words}) > max_words ({max_words})")
-    out = [dict(n) for n in negatives]
-    pos, query = item["positive"], item["query"]
-    npos, nq = normalize_text(pos), normalize_text(query)
-    ntitle = normalize_text(item.get("pos_title") or "")
-    if len(ntitle) < 3: ntitle = ""  # a one- or two-letter title ("0", "Pi") would match by accident
-    cands = {c["doc_id"]: c["text"] for c in item.get("candidates", [])}
-    reasons = [[] for _ in out]
-    for r, n in zip(reasons, out):
-        t = normalize_text(n.get("text", ""))
-        if not t: r.append("empty"); continue
-        if t == npos: r.append("same_as_positive")
-        elif overlap(t, npos) >= near_dup: r.append("near_duplicate_positive")
-        src = [cands[n["rewritten_doc_id"]]] if n.get("rewritten_doc_id") in cands else list(cands.values())
-        if any(overlap(t, c) >= near_dup for c in src): r.append("copy_of_candidate")
-        if any(containment(t, e) >= example_copy for e in examples): r.append("copy_of_prompt_example")
-        if ntitle and f" {ntitle} " in " " + " ".join(t.split()[:8 + len(ntitle.split())]) + " ": r.append("names_positive")
-        if len(nq.split()) >= contains_query_min_words and f" {nq} " in f" {t} ": r.append("contains_query")
-        nw = len(t.split())
-        if nw < min_words: r.append("too_short")
-        if nw > max_words: r.append("too_long")
-    kept = []
-    for r, n in zip(reasons, out):
-        if "empty" in r: continue
-        if any(max(overlap(n["text"], k), containment(k, n["text"])) >= near_dup for k in kept):
-            r.append("duplicate_within_query")
-        else: kept.append(n["text"])
-    if encode is not None:
-        idx = [i for i, r in enumerate(reasons) if "empty" not in r]
-        if idx:
-            d = np.asarray(encode([pos] + [out[i]["text"] for i in idx]), dtype=np.float32)
-            q = np.asarray((encode_query or encode)([query]), dtype=np.float32)[0]
-            s = d @ q
-            for k, i in enumerate(idx, 1):
-                out[i].update(q_neg_score=float(s[k]), q_pos_score=float(s[0]), guard_margin=float(margin))
-                if s[k] > s[0] - margin: reasons[i].append("false_negative_guard")
-    for r, n in zip(reasons, out):
-        r.sort(key=FILTER_REASONS.index)
-        n["filter_reasons"], n["filter"] = r, (r[0] if r else None)
-    return out
-
-# %% ../nbs/07_perturbation.ipynb #c033
-def _memo_encoder(encode, texts):
-    texts = list(dict.fromkeys(texts))
-    if not texts: return encode
-    vecs = np.asarray(encode(texts), dtype=np.float32)
-    table = dict(zip(texts, vecs))
-    return lambda ts: np.stack([table[t] for t in ts])
-
-def filter_all(items, negatives_lists, encode=None, encode_query=None, **kwargs) -> list:
-    "`apply_filters` over all items, encoding every distinct passage and query once in a batch."
-    items, negatives_lists = list(items), list(negatives_lists)
-    if len(items) != len(negatives_lists):
-        raise ValueError(f"{len(items)} items but {len(negatives_lists)} negative lists: pass one list per item, in order.")
-    enc = encq = None
-    if encode is not None:
-        docs = [t for it, negs in zip(items, negatives_lists) if negs
-                for t in [it["positive"]] + [n["text"] for n in negs if normalize_text(n.get("text", ""))]]
-        enc = _memo_encoder(encode, docs)
-        encq = _memo_encoder(encode_query or encode, [it["query"] for it, negs in zip(items, negatives_lists) if negs])
-    return [apply_filters(negs, it, encode=enc, encode_query=encq, **kwargs) if negs else []
-            for it, negs in zip(items, negatives_lists)]
-
-# %% ../nbs/07_perturbation.ipynb #c036
-def _flat(records):
-    out = []
-    for r in records:
-        if isinstance(r, dict): out.append(r)
-        else: out.extend(r)
-    return out
-
-def _counts(recs, key):
-    tot = Counter(r.get(key) for r in recs)
-    kept = Counter(r.get(key) for r in recs if r.get("filter") is None)
-    return {str(k): {"total": tot[k], "kept": kept[k]} for k in sorted(tot, key=str)}
-
-def _example(r, query_of):
-    keys = ("neg_id", "qid", "source", "node_id", "node", "strategy_id", "strategy_type", "subtype", "plan", "origin",
-            "rewritten_doc_id", "explanation", "filter", "q_neg_score", "q_pos_score", "text")
-    return {"query": query_of.get(r.get("qid")), **{k: r[k] for k in keys if k in r}}
-
-def generation_report(records, meta=None, usage: dict | None = None) -> dict:
-    "Counts (filter reasons, strategy types, origins, facets), errors, usage and examples of generated negatives."
-    recs, meta = _flat(records), list(meta or [])
-    query_of = {m["qid"]: m.get("query") for m in meta}
-    filtered = "filter" in (recs[0] if recs else {})
-    per_q = Counter(r.get("qid") for r in recs if r.get("filter") is None)
-    qids = [m["qid"] for m in meta] or list(dict.fromkeys(r.get("qid") for r in recs))
-    kept_per_q = [per_q.get(q, 0) for q in qids]
-    rep = {"n_items": len(qids), "n_negatives": len(recs),
-           "n_kept": sum(r.get("filter") is None for r in recs) if filtered else None,
-           "by_source": _counts(recs, "source"),
-           "by_filter": {k: v for k, v in ((reason, sum(r.get("filter") == reason for r in recs))
-                                           for reason in FILTER_REASONS) if v} if filtered else None,
-           "by_filter_any": {k: v for k, v in ((reason, sum(reason in r.get("filter_reasons", ()) for r in recs))
-                                               for reason in FILTER_REASONS) if v} if filtered else None,
-           "by_strategy_type": _counts([r for r in recs if "strategy_type" in r], "strategy_type"),
-           "by_origin": _counts(recs, "origin"),
-           "by_facet": _counts([r for r in recs if "facet" in r], "facet"),
-           "kept_per_query": {"mean": float(np.mean(kept_per_q)) if kept_per_q else 0.0,
-                              "zero": sum(k == 0 for k in kept_per_q)},
-           "errors": [{"qid": m["qid"], "error": m["error"]} for m in meta if m.get("error")],
-           "negative_errors": [{"qid": m["qid"], "error": e} for m in meta for e in m.get("negative_errors", ())],
-           "usage": usage}
-    scores = [(r["q_neg_score"], r["q_pos_score"]) for r in recs if "q_neg_score" in r]
-    if scores:
-        s = np.array(scores)
-        rep["guard"] = {"mean_q_neg": float(s[:, 0].mean()), "mean_q_pos": float(s[:, 1].mean()),
-                        "share_above_positive": float((s[:, 0] > s[:, 1]).mean())}
-    ex = {}
-    for t in STRATEGY_TYPES:
-        cands = [r for r in recs if r.get("strategy_type") == t]
-        best = next((r for r in cands if r.get("filter") is None), cands[0] if cands else None)
-        if best: ex[t] = _example(best, query_of)
-    naive = [r for r in recs if r.get("source") == "naive"]
-    if naive: ex["naive"] = _example(next((r for r in naive if r.get("filter") is None), naive[0]), query_of)
-    rep["examples"] = ex
-    an = next((m for m in meta if m.get("analysis")), None)
-    rep["analysis_example"] = {"qid": an["qid"], "query": an.get("query"), "analysis": an["analysis"]} if an else None
-    return rep
-
-# %% ../nbs/07_perturbation.ipynb #c037
-def _table(title, d, cols=("total", "kept")):
-    if not d: return ""
-    lines = [f"| {title} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for k, v in d.items():
-        lines.append(f"| {k} | " + " | ".join(str(v[c]) if isinstance(v, dict) else str(v) for c in cols) + " |")
-    return "\n".join(lines)
-
-def report_markdown(report: dict, max_chars: int = 600) -> str:
-    "The generation report as Markdown: count tables, errors, usage, the analysis example and one negative per type."
-    out = [f"**{report['n_negatives']}** negatives for **{report['n_items']}** queries"
-           + (f", **{report['n_kept']}** kept by the filters" if report.get("n_kept") is not None else "")
-           + f"; mean kept per query {report['kept_per_query']['mean']:.2f}, queries with none kept: "
-             f"{report['kept_per_query']['zero']}."]
-    out.append(_table("source", report["by_source"]))
-    if report.get("by_filter") is not None:
-        fa = report["by_filter_any"]
-        out.append(_table("filter (first reason)", {k: {"count": v, "any": fa.get(k, 0)} for k, v in report["by_filter"].items()},
-                          cols=("count", "any")))
-    for k, title in (("by_strategy_type", "strategy type"), ("by_origin", "origin"), ("by_facet", "facet")):
-        out.append(_table(title, report[k]))
-    if report.get("guard"):
-        g = report["guard"]
-        out.append(f"Zero-shot scores: mean q.neg {g['mean_q_neg']:.3f}, mean q.pos {g['mean_q_pos']:.3f}, "
-                   f"share of negatives above the positive {g['share_above_positive']:.1%}.")
-    for k, what in (("errors", "failed items"), ("negative_errors", "failed single negatives")):
-        if report.get(k):
-            out.append(f"**{len(report[k])} {what}**:\n" +
-                       "\n".join(f"- `{e['qid']}`: {e['error'][:200]}" for e in report[k][:10]))
-    if report.get("usage"):
-        out.append("Usage: " + ", ".join(f"{k} {v}" for k, v in report["usage"].items() if not isinstance(v, (dict, list))))
-    if report.get("analysis_example"):
-        a = report["analysis_example"]
-        from causalneg.prompts import render_analysis
-        out.append(f"### Example analysis (`{a['qid']}`: {a['query']})\n\n```\n{render_analysis(a['analysis'])}\n```")
-    for t, e in report["examples"].items():
-        head = f"### {t}" + (f" (filtered: {e['filter']})" if e.get("filter") else "")
-        meta = "; ".join(f"{k}: {e[k]}" for k in ("query", "node", "plan", "origin", "rewritten_doc_id", "explanation")
-                         if e.get(k) is not None)
-        out.append(f"{head}\n\n{meta}\n\n> {truncate_words(e['text'], None)[:max_chars]}")
-    return "\n\n".join(x for x in out if x)
+# %% ../nbs/07_perturbation.ipynb #p-reexport
+from .filters import (FILTER_REASONS as FILTER_REASONS, normalize_text as normalize_text, word_ratio as word_ratio,
+                               containment as containment, overlap as overlap, example_passages as example_passages,
+                               apply_filters as apply_filters, filter_all as filter_all)
+from .generation_report import generation_report as generation_report, report_markdown as report_markdown

@@ -70,8 +70,8 @@ def probe_generator(negatives: dict) -> str:
 
 # %% ../nbs/11_variants.ipynb #c008
 def check_drop(drop) -> str | tuple:
-    "Validate a `drop` setting: 'all' or a list of filter reasons from `causalneg.perturbation.FILTER_REASONS`."
-    from causalneg.perturbation import FILTER_REASONS
+    "Validate a `drop` setting: 'all' or a list of filter reasons from `causalneg.filters.FILTER_REASONS`."
+    from causalneg.filters import FILTER_REASONS
     if drop == "all": return drop
     if isinstance(drop, str) or not hasattr(drop, "__iter__"):
         raise ValueError(f"drop_reasons must be 'all' or a list of filter reasons, got {drop!r}.")

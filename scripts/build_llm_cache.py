@@ -60,15 +60,22 @@ def write_block(mined: dict, block: tuple, dest: Path) -> list:
 
 
 @functools.lru_cache
-def stage_parameters(dvc_file=ROOT / "dvc.yaml") -> list:
-    "The `-P KEY PARAM.PATH` pairs of dvc.yaml's generate stage, less those a block sets itself."
-    import shlex, yaml
+def stage_settings(params_file=ROOT / "params.yaml") -> dict:
+    "params.yaml's settings for the generate stage (validated, mapped as the stage maps them), less those a block sets itself."
+    sys.path.insert(0, str(ROOT))
+    from causalneg.config import GENERATE_STAGE, load_params, stage_settings as settings_of
 
-    words = shlex.split(yaml.safe_load(Path(dvc_file).read_text())["stages"]["generate"]["cmd"])
+    settings = settings_of(load_params(params_file), GENERATE_STAGE)
+    return {k: v for k, v in settings.items() if k not in BLOCK_KEYS}
+
+
+def stage_parameters() -> list:
+    "The generate stage's settings as `-y KEY YAML` words (values read through causalneg.config, not dvc.yaml)."
+    import yaml
+
     out = []
-    for i, w in enumerate(words):
-        if w == "-P" and words[i + 1] not in BLOCK_KEYS:
-            out += words[i : i + 3]
+    for key, value in stage_settings().items():
+        out += ["-y", key, yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()]
     return out
 
 
@@ -110,9 +117,10 @@ def generate_command(block_dir: Path, parts: list, n: int, threads: int) -> list
 @functools.lru_cache
 def _llm_params(threads: int) -> str:
     "params.yaml's `llm` block with this worker's llama.cpp thread count (not part of any cache key)."
-    import yaml
+    sys.path.insert(0, str(ROOT))
+    from causalneg.config import load_params
 
-    llm = dict(yaml.safe_load((ROOT / "params.yaml").read_text())["llm"])
+    llm = dict(load_params(ROOT / "params.yaml")["llm"])
     llm["local_threads"] = threads
     return json.dumps(llm)
 

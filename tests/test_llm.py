@@ -85,7 +85,7 @@ def test_success_sends_the_request_stores_it_and_replays_without_a_call(fake, tm
         "fake-model",
         MSGS,
         0.2,
-        1024,
+        900,  # LLMConfig's default, the same as params.yaml's llm.max_tokens
         0,
     )
     assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}
