@@ -41,7 +41,8 @@ step prepare "$PY" - "$WORK" "$N" "$THREADS" <<'EOF'
 import json, sys
 from pathlib import Path
 import torch
-from causalneg.train import make_tiny_backbone
+sys.path.insert(0, "tests")  # the tiny-backbone fixture lives with the tests (run from the repo root)
+from fakes import make_tiny_backbone
 work, n, threads = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 gpus = torch.cuda.device_count()
 words = ("lima peru quito ecuador tiger lion savanna macau gauss river andes volcano glacier desert coral comet "

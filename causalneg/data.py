@@ -9,9 +9,10 @@ from pathlib import Path
 import importlib.metadata as md
 
 # %% auto #0
-__all__ = ['WIKIVITAL_PACKAGES', 'WIKIVITAL_LICENCE', 'BEIR_URL', 'BEIR_MD5', 'BeirFormatError', 'read_jsonl', 'read_qrels',
-           'available_splits', 'load_beir', 'check_beir', 'write_beir', 'doc_text', 'package_file', 'wiki_id',
-           'split_of', 'fanoutqa_pairs', 'build_wikivital', 'dataset_card', 'DownloadError', 'download_beir', 'main']
+__all__ = ['WIKIVITAL_PACKAGES', 'WIKIVITAL_LICENCE', 'BEIR_URL', 'BEIR_MD5', 'BeirFormatError', 'read_beir_records',
+           'read_qrels', 'available_splits', 'load_beir', 'check_beir', 'write_beir', 'doc_text', 'package_file',
+           'wiki_id', 'split_of', 'fanoutqa_pairs', 'build_wikivital', 'dataset_card', 'DownloadError', 'download_beir',
+           'main']
 
 # %% ../nbs/01_data.ipynb #c005
 class BeirFormatError(ValueError):
@@ -55,7 +56,7 @@ def _encodable(x) -> bool:
     try: json.dumps(x, ensure_ascii=False).encode("utf-8"); return True
     except UnicodeEncodeError: return False
 
-def read_jsonl(path, required=("_id", "text"), kind="record") -> dict:
+def read_beir_records(path, required=("_id", "text"), kind="record") -> dict:
     "Read a BEIR JSONL file into `{_id: record}`, checking JSON syntax, required fields, Unicode and unique ids."
     out = {}
     for n, line in _read_lines(path):
@@ -147,8 +148,8 @@ def load_beir(folder, split="test"):
         raise BeirFormatError(f"{folder} has no split {split!r} ({qpath} is missing). "
                               f"Available splits: {available_splits(folder) or 'none'}.")
     corpus = {k: {"title": v.get("title") or "", "text": v["text"]}
-              for k, v in read_jsonl(folder / "corpus.jsonl", kind="document").items()}
-    queries = {k: v["text"] for k, v in read_jsonl(folder / "queries.jsonl", kind="query").items()}
+              for k, v in read_beir_records(folder / "corpus.jsonl", kind="document").items()}
+    queries = {k: v["text"] for k, v in read_beir_records(folder / "queries.jsonl", kind="query").items()}
     qrels = read_qrels(qpath)
     _check_qrels(qpath, qrels, queries, corpus)
     return corpus, {q: queries[q] for q in qrels}, qrels
@@ -159,8 +160,8 @@ def check_beir(folder) -> dict:
     if not folder.is_dir(): raise BeirFormatError(f"{folder} is not a folder. Pass the folder holding corpus.jsonl.")
     splits = available_splits(folder)
     if not splits: raise BeirFormatError(f"{folder} has no qrels/<split>.tsv file.")
-    corpus = read_jsonl(folder / "corpus.jsonl", kind="document")
-    queries = read_jsonl(folder / "queries.jsonl", kind="query")
+    corpus = read_beir_records(folder / "corpus.jsonl", kind="document")
+    queries = read_beir_records(folder / "queries.jsonl", kind="query")
     out = {}
     for s in splits:
         qpath = folder / "qrels" / f"{s}.tsv"; qrels = read_qrels(qpath)

@@ -54,17 +54,17 @@ class RunSettings:
 # %% ../nbs/13_experiments.ipynb #c006
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
     "Negatives per source ('mined', 'random', and 'naive'/'causalneg' when generated) for one part, by query id."
-    from causalneg.mining import read_jsonl
-    pools = {s: {r["qid"]: r["negatives"] for r in read_jsonl(Path(negatives_dir, f"{part}_{s}.jsonl"))} for s in ("mined", "random")}
+    from causalneg.records import read_records
+    pools = {s: {r["qid"]: r["negatives"] for r in read_records(Path(negatives_dir, f"{part}_{s}.jsonl"))} for s in ("mined", "random")}
     for s in ("naive", "causalneg"):
         f = Path(generated_dir, f"{part}_{s}.jsonl")
-        if f.exists(): pools[s] = {r["qid"]: r["negatives"] for r in read_jsonl(f)}
+        if f.exists(): pools[s] = {r["qid"]: r["negatives"] for r in read_records(f)}
     return pools
 
 def training_queries(negatives_dir, part="train", limit: int | None = None) -> list:
     "The queries a part trains (or probes) on, with their positives, in mined order; `limit` takes a prefix."
-    from causalneg.mining import read_jsonl
-    recs = read_jsonl(Path(negatives_dir, f"{part}_mined.jsonl"))
+    from causalneg.records import read_records
+    recs = read_records(Path(negatives_dir, f"{part}_mined.jsonl"))
     return recs if limit is None else recs[:limit]
 
 def run_code() -> dict:
@@ -88,8 +88,8 @@ def train_distributed(examples: list, config, nproc_per_node: int) -> str:
     "Train with `torchrun --standalone --nproc_per_node N -m causalneg.train`; return the saved model folder."
     import subprocess, sys
     out = Path(config.output_dir); out.mkdir(parents=True, exist_ok=True)
-    from causalneg.mining import write_jsonl
-    write_jsonl(out / "examples.jsonl", examples)
+    from causalneg.records import write_records
+    write_records(out / "examples.jsonl", examples)
     (out / "config.json").write_text(json.dumps(asdict(config), default=str))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
            "-m", "causalneg.train", "--examples", str(out / "examples.jsonl"), "--config", str(out / "config.json")]

@@ -4,12 +4,10 @@
 
 # %% ../nbs/04_mining.ipynb #c003
 from __future__ import annotations
-import json, random
-from pathlib import Path
+import random
 
 # %% auto #0
-__all__ = ['select_queries', 'filter_candidates', 'mine_dense', 'negatives_record', 'mine_random', 'mine_bm25', 'write_jsonl',
-           'read_jsonl']
+__all__ = ['select_queries', 'filter_candidates', 'mine_dense', 'negatives_record', 'mine_random', 'mine_bm25']
 
 # %% ../nbs/04_mining.ipynb #c005
 def select_queries(qrels: dict, n: int | None, seed: int = 0) -> list:
@@ -102,14 +100,3 @@ def mine_bm25(corpus: dict, queries: dict, qrels: dict, qids: list, n: int = 15,
         pos = _positive(qrels[qid])
         out.append(negatives_record(qid, queries[qid], pos, doc_text(corpus[pos]), negs, skipped=skipped))
     return out
-
-# %% ../nbs/04_mining.ipynb #c014
-def write_jsonl(path, records):
-    "Write records as JSON lines (UTF-8, one object per line)."
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records: f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-def read_jsonl(path) -> list:
-    "Read JSON lines written by `write_jsonl`."
-    with open(path, encoding="utf-8") as f: return [json.loads(l) for l in f if l.strip()]

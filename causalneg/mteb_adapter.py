@@ -8,11 +8,11 @@ import argparse, json, random, re, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['METRICS', 'INSTRUCTION_TEMPLATES', 'beir_task', 'resolve_model_folder', 'task_version', 'task_instruction',
+__all__ = ['MTEB_METRIC_NAMES', 'INSTRUCTION_TEMPLATES', 'beir_task', 'resolve_model_folder', 'task_version', 'task_instruction',
            'evaluate_mteb', 'main']
 
 # %% ../nbs/14_mteb.ipynb #c005
-METRICS = {"ndcg_at_10": "ndcg@10", "recall_at_100": "recall@100", "mrr_at_10": "mrr@10"}
+MTEB_METRIC_NAMES = {"ndcg_at_10": "ndcg@10", "recall_at_100": "recall@100", "mrr_at_10": "mrr@10"}
 
 def _require_mteb():
     try: import mteb
@@ -157,7 +157,7 @@ def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress:
     prompts = getattr(encoder, "model_prompts", None)
     scores, meta = {}, {}
     for tr in result.task_results:
-        scores[tr.task_name] = {split: {ours: float(s[0][theirs]) for theirs, ours in METRICS.items() if theirs in s[0]}
+        scores[tr.task_name] = {split: {ours: float(s[0][theirs]) for theirs, ours in MTEB_METRIC_NAMES.items() if theirs in s[0]}
                                 for split, s in tr.scores.items()}
         t = by_name.get(tr.task_name)
         md = t.metadata if t is not None else None

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib, json, warnings
 
-import jsonschema
-
 from functools import partial
 
 from .prompts import (ORIGINS, get_profile, analysis_schema, generation_schema,
@@ -17,7 +15,7 @@ from .prompts import (ORIGINS, get_profile, analysis_schema, generation_schema,
                                build_generation_messages, build_strategy_messages, build_naive_messages)
 
 # %% auto #0
-__all__ = ['GENERATION_MODES', 'check_items', 'request_cache_key', 'ask_json', 'FakeClient', 'analyse_item', 'generate_item',
+__all__ = ['GENERATION_MODES', 'check_items', 'request_cache_key', 'ask_json', 'analyse_item', 'generate_item',
            'generate_causalneg', 'generate_naive']
 
 # %% ../nbs/07_perturbation.ipynb #c005
@@ -59,28 +57,6 @@ def ask_json(client, messages: list, schema: dict, name: str, validate=None) -> 
     if "with_key" in inspect.signature(client.chat_json).parameters:
         return client.chat_json(messages, schema, name=name, validate=validate, with_key=True)
     return client.chat_json(messages, schema, name=name, validate=validate), request_cache_key(client, messages, schema, name)
-
-# %% ../nbs/07_perturbation.ipynb #c011
-class FakeClient:
-    "An offline stand-in for `LLMClient` that answers `chat_json` with `respond(messages, schema, name)`."
-    def __init__(self, respond, max_repairs: int = 1):
-        self.respond, self.max_repairs, self.calls = respond, max_repairs, []
-    def chat_json(self, messages, schema, name="output", validate=None, *, with_key=False):
-        "The first scripted answer that passes `schema` and `validate`; `with_key`: (answer, its cache key)."
-        self.calls.append({"messages": messages, "schema": schema, "name": name})
-        answers = self.respond(messages, schema, name)
-        answers = answers if isinstance(answers, list) else [answers]
-        err = None
-        for obj in answers[:self.max_repairs + 1]:
-            if isinstance(obj, Exception): raise obj
-            try:
-                jsonschema.validate(obj, schema)
-                if validate is not None: validate(obj)
-                return (obj, request_cache_key(self, messages, schema, name)) if with_key else obj
-            except (jsonschema.ValidationError, ValueError) as e: err = e
-        raise ValueError(f"output {name!r} invalid after {self.max_repairs} repair(s): {err}")
-    def map(self, fn, items, desc=""):
-        return [fn(it) for it in items]
 
 # %% ../nbs/07_perturbation.ipynb #c013
 def analyse_item(item: dict, client, profile="wikivital", max_nodes: int = 8) -> dict:

