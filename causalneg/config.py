@@ -28,6 +28,7 @@ def _number(v, integer=False):
         v = int(v)
     return v
 
+# %% ../nbs/16_config.ipynb #6821f984
 def num(lo=None, hi=None, integer=False, lo_open=False, hi_open=True):
     "A number in [lo, hi) (bounds optional; `lo_open`: lo excluded)."
     def check(v):
@@ -42,6 +43,7 @@ def count(lo=0): return num(lo, integer=True)
 def positive(): return num(0, lo_open=True)
 def fraction(): return num(0, 1)
 
+# %% ../nbs/16_config.ipynb #a4fd5efe
 def optional(spec):
     "None, or what `spec` accepts."
     def check(v): return None if v is None else spec(v)

@@ -154,6 +154,7 @@ def load_beir(folder, split="test"):
     _check_qrels(qpath, qrels, queries, corpus)
     return corpus, {q: queries[q] for q in qrels}, qrels
 
+# %% ../nbs/01_data.ipynb #1b5de2dc
 def check_beir(folder) -> dict:
     "Validate every split of a BEIR folder as `load_beir` would (corpus read once); return judged queries per split."
     folder = Path(folder)
@@ -198,6 +199,7 @@ def _jsonl_writer(rows, kind):
                                       "load_beir would refuse it.") from None
     return write
 
+# %% ../nbs/01_data.ipynb #5f3d6aa6
 def _integer_score(s) -> bool:
     return not isinstance(s, bool) and (isinstance(s, int) or isinstance(s, float) and math.isfinite(s) and s == int(s))
 
@@ -239,6 +241,7 @@ def write_beir(folder, corpus, queries, qrels_by_split):
                   (folder / "queries.jsonl", _jsonl_writer(({"_id": k, "text": v} for k, v in queries.items()), "query"))]
                  + [(folder / "qrels" / f"{s}.tsv", _qrels_writer(q)) for s, q in qrels_by_split.items()])
 
+# %% ../nbs/01_data.ipynb #34bbaa38
 def doc_text(doc) -> str:
     "The text an encoder sees for a document: title and text, as BEIR's dense models join them."
     return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]

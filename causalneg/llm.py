@@ -12,6 +12,8 @@ from pathlib import Path
 from collections.abc import Callable, Mapping   # (typing.Mapping makes every isinstance check slow)
 from urllib.parse import urlsplit
 
+from fastcore.basics import patch
+
 try: import fcntl
 except ImportError: fcntl = None  # Windows: thread locks only
 
@@ -123,6 +125,7 @@ def _shutdown(resp):
         try: sock.shutdown(socket.SHUT_RDWR)
         except OSError: pass
 
+# %% ../nbs/06_llm.ipynb #c7ffa411
 class LLMClient:
     "Cached, validated, retrying JSON chat client for any OpenAI-compatible endpoint or the local llama.cpp server."
     def __init__(self, config: LLMConfig | Mapping | None, cache: ResponseCache | str | Path, offline: bool | None = None,
@@ -154,251 +157,6 @@ class LLMClient:
                          f"Set llm.base_url (and the API key in ${self.config.api_key_env}) or install the local "
                          "backend (`make llm`).", key=key, folder=self.cache.folder, reason=why)
 
-    def _openai(self):
-        "The openai client, created (and the local server started) on first use."
-        with self._backend_lock:
-            if self._client is not None: return self._client
-            if self._backend_error is not None: raise self._backend_error  # do not retry a failed start per item
-            import openai
-            cfg = self.config
-            if cfg.base_url:
-                url, kind = cfg.base_url, "endpoint"
-                api_key = os.environ.get(cfg.api_key_env)
-                if not api_key:
-                    warnings.warn(f"${cfg.api_key_env} is not set: calling {_where(url)} without an API key "
-                                  "(fine for a local vLLM/Ollama/llama.cpp, refused by hosted APIs).")
-                    api_key = "no-key"
-                else:
-                    _register_secret(api_key)
-                    p = urlsplit(url)
-                    if p.scheme == "http" and not _is_loopback(p.hostname) and not cfg.allow_insecure_http:
-                        raise LLMCallError(f"refusing to send the API key in ${cfg.api_key_env} in clear text to "
-                                           f"{_where(url)} (plain http:// to a host that is not loopback): use an "
-                                           "https:// URL, or set llm.allow_insecure_http: true if this network is "
-                                           "trusted.", outcome="insecure_http", endpoint=_where(url))
-            else:
-                try:
-                    self._server = LocalServer(assemble_gguf(), alias=cfg.model, threads=cfg.local_threads,
-                                               ctx=cfg.local_ctx).start()
-                except Exception as e:
-                    self._backend_error = e; raise
-                url, kind, api_key = self._server.base_url, "local", "local-no-key"
-            self._client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=cfg.timeout)
-            self._kind = kind
-            return self._client
-
-    def _wire_format(self):
-        rf = self.config.response_format
-        if rf != "auto": return rf
-        return self._wire or ("json_object" if self._kind == "local" else "json_schema")
-
-    def _format_rejected(self, e) -> bool:
-        "Whether an endpoint refused the `json_schema` response format (as llama-cpp-python's server does)."
-        return (self.config.response_format == "auto" and self._wire_format() == "json_schema"
-                and getattr(e, "status_code", None) in (400, 422, 500) and "response_format" in str(e))
-
-    def _explain(self, e, outcome) -> str:
-        cfg, where = self.config, _where(self.config.base_url)
-        code = getattr(e, "status_code", None)
-        if code in (401, 403):
-            return (f"{where} refused the credentials (HTTP {code}): export a valid API key in the environment variable "
-                    f"${cfg.api_key_env} (llm.api_key_env names the variable).")
-        if code == 404:
-            return (f"{where} answered HTTP 404: check llm.model ({cfg.model!r}) and llm.base_url (it usually ends "
-                    f"in /v1). Server said: {getattr(e, 'message', e)}")
-        if code in (400, 422):
-            return (f"{where} rejected the request (HTTP {code}): {getattr(e, 'message', e)}. If it mentions "
-                    "response_format, set llm.response_format to json_object or json_schema.")
-        return f"{where} failed with {outcome}: {scrub(str(e))}"
-
-    def _post(self, client, convo, decoding, rf):
-        "One HTTP attempt under a total deadline of `timeout` s and a body cap; (body, content type) of a 200."
-        cfg, cap, box, done = self.config, reply_byte_cap(decoding["max_tokens"]), {}, threading.Event()
-        deadline = time.monotonic() + cfg.timeout
-        def work():   # httpx's timeout is per socket read: a trickling server would hold it for ever
-            try:
-                with client.chat.completions.with_streaming_response.create(
-                        model=cfg.model, messages=convo, response_format=rf, timeout=cfg.timeout, **decoding) as r:
-                    box["resp"] = r.http_response
-                    n = r.headers.get("content-length", "")
-                    if n.isdigit() and int(n) > cap:
-                        raise _BadReply("oversize", f"HTTP 200 announcing a {int(n):,}-byte body, over the {cap:,}-byte "
-                                        f"cap for max_tokens={decoding['max_tokens']}: not a completion")
-                    buf = bytearray()
-                    for chunk in r.iter_bytes():
-                        if box.get("cancelled"): return
-                        buf += chunk
-                        if len(buf) > cap:
-                            raise _BadReply("oversize", f"HTTP 200 with a body over {cap:,} bytes, the cap for "
-                                            f"max_tokens={decoding['max_tokens']}: not a completion")
-                    box["body"] = (bytes(buf), r.headers.get("content-type", ""))
-            except BaseException as e: box["error"] = e
-            finally: done.set()
-        threading.Thread(target=work, name="llm-http", daemon=True).start()
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            box["cancelled"] = True
-            if "resp" in box: _shutdown(box["resp"])   # the worker's read fails at once and it ends
-            raise _BadReply("timeout", f"no complete reply within the {cfg.timeout:g} s deadline (llm.timeout)")
-        if "error" in box: raise box["error"]
-        return box["body"]
-
-    def _call(self, convo, decoding, key, schema, name):
-        "One completion with transport retries; returns (text, finish_reason, usage, served model, seconds, attempt)."
-        client, cfg, attempt, where = self._openai(), self.config, 0, _where(self.config.base_url)
-        while True:
-            rf = wire_response_format(schema, name, self._wire_format())
-            t0 = time.monotonic()
-            try:
-                with self._slots:
-                    t0 = time.monotonic()
-                    text, finish, u, served = _parse_completion(*self._post(client, convo, decoding, rf))
-            except Exception as e:
-                outcome, retryable, retry_after = _classify(e)
-                if outcome is None: raise
-                err = scrub(str(e))
-                self.ledger.call(key=key, model=cfg.model, outcome=outcome, attempt=attempt,
-                                 seconds=time.monotonic() - t0, error=err, endpoint=where)
-                if self._format_rejected(e):
-                    warnings.warn(f"{where} rejected response_format json_schema; using "
-                                  "json_object + schema from now on (set llm.response_format to silence this).")
-                    self._wire = "json_object"; continue
-                code = getattr(e, "status_code", None)
-                if not retryable: raise LLMCallError(self._explain(e, outcome), outcome, code, where) from None
-                if attempt >= cfg.max_retries:
-                    raise LLMCallError(f"{where} still failing after {attempt + 1} attempts (last: {outcome}: "
-                                       f"{err[:300]}). Nothing was cached: a rerun asks again. Retry later, raise "
-                                       "llm.max_retries or llm.timeout, or lower llm.concurrency.", outcome, code, where) from None
-                if retry_after is not None and retry_after > cfg.max_retry_after:
-                    raise LLMCallError(f"{where} answered {outcome} asking to wait {retry_after:.0f} s (Retry-After), more "
-                                       f"than llm.max_retry_after ({cfg.max_retry_after:g} s): not waiting. Nothing was "
-                                       "cached: retry later, or raise llm.max_retry_after.", outcome, code, where) from None
-                delay = backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, retry_after,
-                                      max_retry_after=cfg.max_retry_after)
-                if retry_after is not None or delay >= 5:
-                    _log.warning("%s answered %s%s; waiting %.1f s before retry %d of %d (request %s)", where, outcome,
-                                 f" with Retry-After {retry_after:g} s" if retry_after is not None else "", delay,
-                                 attempt + 1, cfg.max_retries, key[:12])
-                self.ledger.add("retries")
-                time.sleep(delay)
-                attempt += 1
-                continue
-            return text, finish, u, served, time.monotonic() - t0, attempt
-
-    def key_for(self, messages: list, schema: dict, name: str = "output", *, temperature=None, max_tokens=None,
-                seed=None) -> str:
-        "The cache key `chat_json` uses for these arguments (record it as provenance of what the LLM wrote)."
-        dec = self.config.decoding(temperature, max_tokens, seed)
-        return request_key(self.config.model, messages, {**dec, "json_schema": {"name": name, "schema": schema}})
-
-    def chat_json(self, messages: list, schema: dict, name: str = "output", validate: Callable | None = None, *,
-                  temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None,
-                  with_key: bool = False):
-        "JSON reply to `messages` that matches `schema` (and `validate`): from the cache, else called, repaired and cached; `with_key`: (reply, its cache key)."
-        messages, validator, cfg = _check_messages(messages), _schema_validator(schema), self.config
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", name):
-            raise ValueError(f"name must be 1-64 letters, digits, _ or -, got {name!r}.")
-        decoding = cfg.decoding(temperature, max_tokens, seed)
-        key = self.key_for(messages, schema, name, temperature=temperature, max_tokens=max_tokens, seed=seed)
-        reply = self._reply(messages, schema, name, validator, validate, decoding, key)
-        return (reply, key) if with_key else reply  # the key travels with the reply: callers record it, never recompute it
-
-    def _reply(self, messages, schema, name, validator, validate, decoding, key):
-        "The reply under `key`: replayed, or asked once across threads and processes (a claim per key) and cached."
-        hit = self._replay(key, name)
-        if hit is not None: return hit[0]
-        if why := self.unavailable(): raise self._miss(key, why)
-        self._openai()   # start the backend first, so the record's seconds are the call's own
-        with self.cache.claim(key):   # one caller per key across threads and processes; others wait, then replay
-            hit = self._replay(key, name)
-            if hit is not None: return hit[0]
-            return self._ask(messages, schema, name, validator, validate, decoding, key)
-
-    def _replay(self, key, name):
-        "(parsed,) if `key` is cached, None on a miss; raises the cached `LLMOutputError` of a recorded failure."
-        rec = self.cache.get(key)
-        if rec is not None:
-            self.ledger.add("cache_hits"); return (rec["parsed"],)
-        failed = self.cache.get(failure_key(key))
-        # a failure recorded with no reply and no finish_reason was a transport failure (an old client cached
-        # `choices: []` as an empty reply): it is a miss, asked again
-        legacy_transport = failed is not None and not failed.get("response") and failed.get("finish_reason") is None
-        if failed is not None and not legacy_transport and failed["repair_retries"] >= self.config.repair_retries:
-            self.ledger.add("cache_hits")
-            raise LLMOutputError.after_repairs(name, key, failed["repair_retries"], failed["errors"], failed["response"],
-                                               replayed=True)
-        return None
-
-    def _ask(self, messages, schema, name, validator, validate, decoding, key):
-        "Call, check, repair and cache one request (the caller holds its claim)."
-        cfg, mt = self.config, decoding["max_tokens"]
-        convo, errors, usage, t0 = list(messages), [], Counter(), time.monotonic()
-        for turn in range(cfg.repair_retries + 1):
-            text, finish, u, served, secs, attempt = self._call(convo, decoding, key, schema, name)
-            usage.update(u)
-            obj, err = check_output(text, finish, validator, validate, mt)
-            self.ledger.call(key=key, model=cfg.model, outcome="ok" if err is None else "invalid", attempt=attempt,
-                             seconds=secs, finish_reason=finish, error=err, endpoint=_where(cfg.base_url), **u)
-            if err is None: break
-            errors.append(err)
-            if turn < cfg.repair_retries:
-                self.ledger.add("repairs")
-                convo = convo + [{"role": "assistant", "content": clip_reply(text, mt)},
-                                 {"role": "user", "content": repair_prompt(err)}]
-        record = {"model": cfg.model, "served_model": served, "backend": self._kind, "name": name,
-                  "request": {"messages": messages, "decoding": decoding, "schema": schema},
-                  "response": text, "finish_reason": finish, "usage": dict(usage),
-                  "seconds": round(time.monotonic() - t0, 3), "ts": _now()}
-        if err is not None:  # still invalid after the last repair turn: cache the failure so a replay repeats it
-            failure = scrub({**record, "failure_of": key, "errors": errors, "repair_retries": cfg.repair_retries})
-            if self.cache.put(failure_key(key), failure): self.ledger.add("stored")
-            raise LLMOutputError.after_repairs(name, key, cfg.repair_retries, failure["errors"], failure["response"])
-        rec = scrub({**record, "parsed": obj, "repairs": errors})
-        if self.cache.put(key, rec): self.ledger.add("stored")
-        return rec["parsed"]
-
-    def map(self, fn: Callable, items, desc: str = "") -> list:
-        "fn(item) for every item, at most `concurrency` at once, in order; failures are counted and raised at the end."
-        from tqdm import tqdm
-        items = list(items); n = len(items)
-        results, errors = [None] * n, {}
-        bar = tqdm(total=n, desc=desc or "llm", disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
-        def run(i):
-            try: return i, fn(items[i]), None
-            except Exception as e: return i, None, e
-        def done(i, r, e):
-            if e is None: results[i] = r
-            else: errors[i] = e
-            s = self.ledger.summary()
-            bar.set_postfix(hits=s["cache_hits"], calls=s["calls"], failed=len(errors), refresh=False); bar.update(1)
-        try:
-            if self.config.concurrency == 1 or n <= 1:
-                for i in range(n): done(*run(i))
-            else:
-                with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="llm") as ex:
-                    futs = [ex.submit(run, i) for i in range(n)]
-                    try:
-                        for f in as_completed(futs): done(*f.result())
-                    except BaseException:
-                        for f in futs: f.cancel()
-                        raise
-        finally: bar.close()
-        misses = [i for i, e in errors.items() if isinstance(e, CacheMiss)]
-        others = {i: e for i, e in errors.items() if not isinstance(e, CacheMiss)}
-        tail = ""
-        if others:
-            i0 = min(others); e0 = others[i0]
-            tail = f"{len(others)} of {n} items failed; the first (item {i0}): {type(e0).__name__}: {e0}"
-        if misses:
-            why = getattr(errors[misses[0]], "reason", None)
-            raise CacheMiss(f"{len(misses)} of {n} items need LLM calls that are not in the cache at {self.cache.folder}; "
-                            f"set llm.base_url (+ the API key in ${self.config.api_key_env}) or install the local "
-                            f"backend (`make llm`)." + (f" ({why})" if why else "") + (f" Also: {tail}." if tail else ""),
-                            missing=len(misses), total=n, errors=errors, results=results, folder=self.cache.folder)
-        if others:
-            raise LLMMapError(f"{tail}. The other {n - len(others)} items finished and their calls are cached; "
-                              "fix the cause and rerun to do only the failed ones.", errors, results) from others[min(others)]
-        return results
-
     def close(self):
         "Stop the local server if this client started one, and close the HTTP client."
         with self._backend_lock:
@@ -408,6 +166,267 @@ class LLMClient:
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/06_llm.ipynb #a14afee5
+@patch
+def _openai(self: LLMClient):
+    "The openai client, created (and the local server started) on first use."
+    with self._backend_lock:
+        if self._client is not None: return self._client
+        if self._backend_error is not None: raise self._backend_error  # do not retry a failed start per item
+        import openai
+        cfg = self.config
+        if cfg.base_url:
+            url, kind = cfg.base_url, "endpoint"
+            api_key = os.environ.get(cfg.api_key_env)
+            if not api_key:
+                warnings.warn(f"${cfg.api_key_env} is not set: calling {_where(url)} without an API key "
+                              "(fine for a local vLLM/Ollama/llama.cpp, refused by hosted APIs).")
+                api_key = "no-key"
+            else:
+                _register_secret(api_key)
+                p = urlsplit(url)
+                if p.scheme == "http" and not _is_loopback(p.hostname) and not cfg.allow_insecure_http:
+                    raise LLMCallError(f"refusing to send the API key in ${cfg.api_key_env} in clear text to "
+                                       f"{_where(url)} (plain http:// to a host that is not loopback): use an "
+                                       "https:// URL, or set llm.allow_insecure_http: true if this network is "
+                                       "trusted.", outcome="insecure_http", endpoint=_where(url))
+        else:
+            try:
+                self._server = LocalServer(assemble_gguf(), alias=cfg.model, threads=cfg.local_threads,
+                                           ctx=cfg.local_ctx).start()
+            except Exception as e:
+                self._backend_error = e; raise
+            url, kind, api_key = self._server.base_url, "local", "local-no-key"
+        self._client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=cfg.timeout)
+        self._kind = kind
+        return self._client
+
+@patch
+def _wire_format(self: LLMClient):
+    rf = self.config.response_format
+    if rf != "auto": return rf
+    return self._wire or ("json_object" if self._kind == "local" else "json_schema")
+
+@patch
+def _format_rejected(self: LLMClient, e) -> bool:
+    "Whether an endpoint refused the `json_schema` response format (as llama-cpp-python's server does)."
+    return (self.config.response_format == "auto" and self._wire_format() == "json_schema"
+            and getattr(e, "status_code", None) in (400, 422, 500) and "response_format" in str(e))
+
+@patch
+def _explain(self: LLMClient, e, outcome) -> str:
+    cfg, where = self.config, _where(self.config.base_url)
+    code = getattr(e, "status_code", None)
+    if code in (401, 403):
+        return (f"{where} refused the credentials (HTTP {code}): export a valid API key in the environment variable "
+                f"${cfg.api_key_env} (llm.api_key_env names the variable).")
+    if code == 404:
+        return (f"{where} answered HTTP 404: check llm.model ({cfg.model!r}) and llm.base_url (it usually ends "
+                f"in /v1). Server said: {getattr(e, 'message', e)}")
+    if code in (400, 422):
+        return (f"{where} rejected the request (HTTP {code}): {getattr(e, 'message', e)}. If it mentions "
+                "response_format, set llm.response_format to json_object or json_schema.")
+    return f"{where} failed with {outcome}: {scrub(str(e))}"
+
+# %% ../nbs/06_llm.ipynb #544e25bc
+@patch
+def _post(self: LLMClient, client, convo, decoding, rf):
+    "One HTTP attempt under a total deadline of `timeout` s and a body cap; (body, content type) of a 200."
+    cfg, cap, box, done = self.config, reply_byte_cap(decoding["max_tokens"]), {}, threading.Event()
+    deadline = time.monotonic() + cfg.timeout
+    def work():   # httpx's timeout is per socket read: a trickling server would hold it for ever
+        try:
+            with client.chat.completions.with_streaming_response.create(
+                    model=cfg.model, messages=convo, response_format=rf, timeout=cfg.timeout, **decoding) as r:
+                box["resp"] = r.http_response
+                n = r.headers.get("content-length", "")
+                if n.isdigit() and int(n) > cap:
+                    raise _BadReply("oversize", f"HTTP 200 announcing a {int(n):,}-byte body, over the {cap:,}-byte "
+                                    f"cap for max_tokens={decoding['max_tokens']}: not a completion")
+                buf = bytearray()
+                for chunk in r.iter_bytes():
+                    if box.get("cancelled"): return
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise _BadReply("oversize", f"HTTP 200 with a body over {cap:,} bytes, the cap for "
+                                        f"max_tokens={decoding['max_tokens']}: not a completion")
+                box["body"] = (bytes(buf), r.headers.get("content-type", ""))
+        except BaseException as e: box["error"] = e
+        finally: done.set()
+    threading.Thread(target=work, name="llm-http", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        box["cancelled"] = True
+        if "resp" in box: _shutdown(box["resp"])   # the worker's read fails at once and it ends
+        raise _BadReply("timeout", f"no complete reply within the {cfg.timeout:g} s deadline (llm.timeout)")
+    if "error" in box: raise box["error"]
+    return box["body"]
+
+@patch
+def _call(self: LLMClient, convo, decoding, key, schema, name):
+    "One completion with transport retries; returns (text, finish_reason, usage, served model, seconds, attempt)."
+    client, cfg, attempt, where = self._openai(), self.config, 0, _where(self.config.base_url)
+    while True:
+        rf = wire_response_format(schema, name, self._wire_format())
+        t0 = time.monotonic()
+        try:
+            with self._slots:
+                t0 = time.monotonic()
+                text, finish, u, served = _parse_completion(*self._post(client, convo, decoding, rf))
+        except Exception as e:
+            outcome, retryable, retry_after = _classify(e)
+            if outcome is None: raise
+            err = scrub(str(e))
+            self.ledger.call(key=key, model=cfg.model, outcome=outcome, attempt=attempt,
+                             seconds=time.monotonic() - t0, error=err, endpoint=where)
+            if self._format_rejected(e):
+                warnings.warn(f"{where} rejected response_format json_schema; using "
+                              "json_object + schema from now on (set llm.response_format to silence this).")
+                self._wire = "json_object"; continue
+            code = getattr(e, "status_code", None)
+            if not retryable: raise LLMCallError(self._explain(e, outcome), outcome, code, where) from None
+            if attempt >= cfg.max_retries:
+                raise LLMCallError(f"{where} still failing after {attempt + 1} attempts (last: {outcome}: "
+                                   f"{err[:300]}). Nothing was cached: a rerun asks again. Retry later, raise "
+                                   "llm.max_retries or llm.timeout, or lower llm.concurrency.", outcome, code, where) from None
+            if retry_after is not None and retry_after > cfg.max_retry_after:
+                raise LLMCallError(f"{where} answered {outcome} asking to wait {retry_after:.0f} s (Retry-After), more "
+                                   f"than llm.max_retry_after ({cfg.max_retry_after:g} s): not waiting. Nothing was "
+                                   "cached: retry later, or raise llm.max_retry_after.", outcome, code, where) from None
+            delay = backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, retry_after,
+                                  max_retry_after=cfg.max_retry_after)
+            if retry_after is not None or delay >= 5:
+                _log.warning("%s answered %s%s; waiting %.1f s before retry %d of %d (request %s)", where, outcome,
+                             f" with Retry-After {retry_after:g} s" if retry_after is not None else "", delay,
+                             attempt + 1, cfg.max_retries, key[:12])
+            self.ledger.add("retries")
+            time.sleep(delay)
+            attempt += 1
+            continue
+        return text, finish, u, served, time.monotonic() - t0, attempt
+
+# %% ../nbs/06_llm.ipynb #139ffe7e
+@patch
+def key_for(self: LLMClient, messages: list, schema: dict, name: str = "output", *, temperature=None, max_tokens=None,
+            seed=None) -> str:
+    "The cache key `chat_json` uses for these arguments (record it as provenance of what the LLM wrote)."
+    dec = self.config.decoding(temperature, max_tokens, seed)
+    return request_key(self.config.model, messages, {**dec, "json_schema": {"name": name, "schema": schema}})
+
+@patch
+def chat_json(self: LLMClient, messages: list, schema: dict, name: str = "output", validate: Callable | None = None, *,
+              temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None,
+              with_key: bool = False):
+    "JSON reply to `messages` that matches `schema` (and `validate`): from the cache, else called, repaired and cached; `with_key`: (reply, its cache key)."
+    messages, validator, cfg = _check_messages(messages), _schema_validator(schema), self.config
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", name):
+        raise ValueError(f"name must be 1-64 letters, digits, _ or -, got {name!r}.")
+    decoding = cfg.decoding(temperature, max_tokens, seed)
+    key = self.key_for(messages, schema, name, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    reply = self._reply(messages, schema, name, validator, validate, decoding, key)
+    return (reply, key) if with_key else reply  # the key travels with the reply: callers record it, never recompute it
+
+@patch
+def _reply(self: LLMClient, messages, schema, name, validator, validate, decoding, key):
+    "The reply under `key`: replayed, or asked once across threads and processes (a claim per key) and cached."
+    hit = self._replay(key, name)
+    if hit is not None: return hit[0]
+    if why := self.unavailable(): raise self._miss(key, why)
+    self._openai()   # start the backend first, so the record's seconds are the call's own
+    with self.cache.claim(key):   # one caller per key across threads and processes; others wait, then replay
+        hit = self._replay(key, name)
+        if hit is not None: return hit[0]
+        return self._ask(messages, schema, name, validator, validate, decoding, key)
+
+@patch
+def _replay(self: LLMClient, key, name):
+    "(parsed,) if `key` is cached, None on a miss; raises the cached `LLMOutputError` of a recorded failure."
+    rec = self.cache.get(key)
+    if rec is not None:
+        self.ledger.add("cache_hits"); return (rec["parsed"],)
+    failed = self.cache.get(failure_key(key))
+    # a failure recorded with no reply and no finish_reason was a transport failure (an old client cached
+    # `choices: []` as an empty reply): it is a miss, asked again
+    legacy_transport = failed is not None and not failed.get("response") and failed.get("finish_reason") is None
+    if failed is not None and not legacy_transport and failed["repair_retries"] >= self.config.repair_retries:
+        self.ledger.add("cache_hits")
+        raise LLMOutputError.after_repairs(name, key, failed["repair_retries"], failed["errors"], failed["response"],
+                                           replayed=True)
+    return None
+
+@patch
+def _ask(self: LLMClient, messages, schema, name, validator, validate, decoding, key):
+    "Call, check, repair and cache one request (the caller holds its claim)."
+    cfg, mt = self.config, decoding["max_tokens"]
+    convo, errors, usage, t0 = list(messages), [], Counter(), time.monotonic()
+    for turn in range(cfg.repair_retries + 1):
+        text, finish, u, served, secs, attempt = self._call(convo, decoding, key, schema, name)
+        usage.update(u)
+        obj, err = check_output(text, finish, validator, validate, mt)
+        self.ledger.call(key=key, model=cfg.model, outcome="ok" if err is None else "invalid", attempt=attempt,
+                         seconds=secs, finish_reason=finish, error=err, endpoint=_where(cfg.base_url), **u)
+        if err is None: break
+        errors.append(err)
+        if turn < cfg.repair_retries:
+            self.ledger.add("repairs")
+            convo = convo + [{"role": "assistant", "content": clip_reply(text, mt)},
+                             {"role": "user", "content": repair_prompt(err)}]
+    record = {"model": cfg.model, "served_model": served, "backend": self._kind, "name": name,
+              "request": {"messages": messages, "decoding": decoding, "schema": schema},
+              "response": text, "finish_reason": finish, "usage": dict(usage),
+              "seconds": round(time.monotonic() - t0, 3), "ts": _now()}
+    if err is not None:  # still invalid after the last repair turn: cache the failure so a replay repeats it
+        failure = scrub({**record, "failure_of": key, "errors": errors, "repair_retries": cfg.repair_retries})
+        if self.cache.put(failure_key(key), failure): self.ledger.add("stored")
+        raise LLMOutputError.after_repairs(name, key, cfg.repair_retries, failure["errors"], failure["response"])
+    rec = scrub({**record, "parsed": obj, "repairs": errors})
+    if self.cache.put(key, rec): self.ledger.add("stored")
+    return rec["parsed"]
+
+# %% ../nbs/06_llm.ipynb #6d0c67f5
+@patch
+def map(self: LLMClient, fn: Callable, items, desc: str = "") -> list:
+    "fn(item) for every item, at most `concurrency` at once, in order; failures are counted and raised at the end."
+    from tqdm import tqdm
+    items = list(items); n = len(items)
+    results, errors = [None] * n, {}
+    bar = tqdm(total=n, desc=desc or "llm", disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+    def run(i):
+        try: return i, fn(items[i]), None
+        except Exception as e: return i, None, e
+    def done(i, r, e):
+        if e is None: results[i] = r
+        else: errors[i] = e
+        s = self.ledger.summary()
+        bar.set_postfix(hits=s["cache_hits"], calls=s["calls"], failed=len(errors), refresh=False); bar.update(1)
+    try:
+        if self.config.concurrency == 1 or n <= 1:
+            for i in range(n): done(*run(i))
+        else:
+            with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="llm") as ex:
+                futs = [ex.submit(run, i) for i in range(n)]
+                try:
+                    for f in as_completed(futs): done(*f.result())
+                except BaseException:
+                    for f in futs: f.cancel()
+                    raise
+    finally: bar.close()
+    misses = [i for i, e in errors.items() if isinstance(e, CacheMiss)]
+    others = {i: e for i, e in errors.items() if not isinstance(e, CacheMiss)}
+    tail = ""
+    if others:
+        i0 = min(others); e0 = others[i0]
+        tail = f"{len(others)} of {n} items failed; the first (item {i0}): {type(e0).__name__}: {e0}"
+    if misses:
+        why = getattr(errors[misses[0]], "reason", None)
+        raise CacheMiss(f"{len(misses)} of {n} items need LLM calls that are not in the cache at {self.cache.folder}; "
+                        f"set llm.base_url (+ the API key in ${self.config.api_key_env}) or install the local "
+                        f"backend (`make llm`)." + (f" ({why})" if why else "") + (f" Also: {tail}." if tail else ""),
+                        missing=len(misses), total=n, errors=errors, results=results, folder=self.cache.folder)
+    if others:
+        raise LLMMapError(f"{tail}. The other {n - len(others)} items finished and their calls are cached; "
+                          "fix the cause and rerun to do only the failed ones.", errors, results) from others[min(others)]
+    return results
 
 # %% ../nbs/06_llm.ipynb #c040
 def main(argv=None):

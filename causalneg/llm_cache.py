@@ -10,6 +10,8 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+
+from fastcore.basics import patch
 from collections.abc import Mapping   # (typing.Mapping makes every isinstance check slow)
 
 try: import fcntl
@@ -63,11 +65,13 @@ def scrub(x):
     if isinstance(x, (list, tuple)): return [scrub(v) for v in x]
     return x
 
+# %% ../nbs/06a_llm_cache.ipynb #afc633a1
 def _check_key(key):
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise ValueError(f"cache keys are 64 lowercase hex digits (see request_key), got {key!r:.80}.")
     return key
 
+# %% ../nbs/06a_llm_cache.ipynb #a87a0fba
 def _lock(fd, exclusive: bool):
     if fcntl is not None: fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
 
@@ -136,7 +140,6 @@ def _repair_tail(path: Path) -> str | None:
             return what
         finally: _unlock(f.fileno())
 
-
 # %% ../nbs/06a_llm_cache.ipynb #c013
 class ResponseCache:
     "Append-only, crash-safe JSONL cache of LLM records keyed by `request_key`, shardable and shippable in git."
@@ -168,139 +171,152 @@ class ResponseCache:
             if what: warnings.warn(f"{p}: {what}; it was probably torn by a killed writer. The request it held "
                                    "is a miss and will be recomputed.", stacklevel=3)
 
-    @contextmanager
-    def claim(self, key):
-        "Hold `key`'s claim (a lock file in `.claims/`) so no other thread or process calls the LLM for it meanwhile."
+# %% ../nbs/06a_llm_cache.ipynb #6bc327a8
+@patch
+@contextmanager
+def claim(self: ResponseCache, key):
+    "Hold `key`'s claim (a lock file in `.claims/`) so no other thread or process calls the LLM for it meanwhile."
+    _check_key(key)
+    with self._lock:
+        slot = self._claims.setdefault(key, [threading.Lock(), 0]); slot[1] += 1
+    try:
+        with slot[0]:
+            if fcntl is None: yield; return
+            d = self.folder / ".claims"
+            if "claims" not in self._ready or not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                if not (d / ".gitignore").exists(): (d / ".gitignore").write_text("*\n")
+                self._ready.add("claims")
+            path = d / f"{key}.lock"
+            while True:   # the holder unlinks the file before releasing: lock a file that is still the one at path
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                except FileNotFoundError: same = False
+                if same: break
+                os.close(fd)
+            try: yield
+            finally:
+                try: os.unlink(path)
+                except OSError: pass
+                os.close(fd)
+    finally:
+        with self._lock:
+            slot[1] -= 1
+            if not slot[1]: self._claims.pop(key, None)
+
+# %% ../nbs/06a_llm_cache.ipynb #53059b9a
+@patch
+def _refresh_all(self: ResponseCache):
+    if self.folder.is_dir():
+        for p in sorted(self.folder.iterdir()):
+            if _SHARD_RE.match(p.name): self._refresh(p)
+
+@patch
+def _refresh(self: ResponseCache, path: Path, locked=False):
+    "Index the bytes appended to one shard since the last look."
+    with self._lock:
+        name, pos = path.name, self._pos.get(path.name, 0)
+        try: size = path.stat().st_size
+        except FileNotFoundError: return
+        if size < pos:  # the file shrank (e.g. a git checkout of an older version): index it again
+            warnings.warn(f"{path} is shorter than when it was read; re-indexing it.")
+            self._index = {k: v for k, v in self._index.items() if v[0] != name}
+            pos = 0; self._nlines[name] = 0
+        if size == pos: return
+        with open(path, "rb") as f:
+            if not locked: _lock(f.fileno(), False)
+            try: f.seek(pos); data = f.read()
+            finally:
+                if not locked: _unlock(f.fileno())
+        *lines, last = data.split(b"\n")
+        for raw in lines:
+            self._ingest(path, pos, raw); pos += len(raw) + 1
+        # an unterminated final line: under the shared lock no live writer can be mid-write, so it is
+        # either a complete record (newline lost) or torn by a crash. Without flock it may be in flight.
+        if last and fcntl is not None:
+            self._ingest(path, pos, last, final=True); pos += len(last)
+        self._pos[name] = pos
+
+@patch
+def _ingest(self: ResponseCache, path, offset, raw, final=False):
+    name = path.name
+    self._nlines[name] = n = self._nlines.get(name, 0) + 1
+    if not raw.strip(): return
+    try:
+        rec = json.loads(raw)
+        key = rec["key"]
         _check_key(key)
-        with self._lock:
-            slot = self._claims.setdefault(key, [threading.Lock(), 0]); slot[1] += 1
-        try:
-            with slot[0]:
-                if fcntl is None: yield; return
-                d = self.folder / ".claims"
-                if "claims" not in self._ready or not d.is_dir():
-                    d.mkdir(parents=True, exist_ok=True)
-                    if not (d / ".gitignore").exists(): (d / ".gitignore").write_text("*\n")
-                    self._ready.add("claims")
-                path = d / f"{key}.lock"
-                while True:   # the holder unlinks the file before releasing: lock a file that is still the one at path
-                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
-                    except FileNotFoundError: same = False
-                    if same: break
-                    os.close(fd)
-                try: yield
-                finally:
-                    try: os.unlink(path)
-                    except OSError: pass
-                    os.close(fd)
-        finally:
-            with self._lock:
-                slot[1] -= 1
-                if not slot[1]: self._claims.pop(key, None)
+    except Exception:
+        self.skipped.append((str(path), n, raw[:80]))
+        warnings.warn(f"{path}, line {n}: skipped an unreadable cache record ({len(raw)} bytes, "
+                      f"{'unterminated final line, ' if final else ''}starts {raw[:40]!r}); it was probably torn "
+                      "by a killed writer. The request it held will be treated as a miss and recomputed.",
+                      stacklevel=3)
+        return
+    self._index.setdefault(key, (name, offset, len(raw)))
 
-    def _refresh_all(self):
-        if self.folder.is_dir():
-            for p in sorted(self.folder.iterdir()):
-                if _SHARD_RE.match(p.name): self._refresh(p)
+@patch
+def _read(self: ResponseCache, loc) -> dict:
+    name, off, n = loc
+    with open(self.folder / name, "rb") as f:
+        f.seek(off); return json.loads(f.read(n))
 
-    def _refresh(self, path: Path, locked=False):
-        "Index the bytes appended to one shard since the last look."
-        with self._lock:
-            name, pos = path.name, self._pos.get(path.name, 0)
-            try: size = path.stat().st_size
-            except FileNotFoundError: return
-            if size < pos:  # the file shrank (e.g. a git checkout of an older version): index it again
-                warnings.warn(f"{path} is shorter than when it was read; re-indexing it.")
-                self._index = {k: v for k, v in self._index.items() if v[0] != name}
-                pos = 0; self._nlines[name] = 0
-            if size == pos: return
-            with open(path, "rb") as f:
-                if not locked: _lock(f.fileno(), False)
-                try: f.seek(pos); data = f.read()
-                finally:
-                    if not locked: _unlock(f.fileno())
-            *lines, last = data.split(b"\n")
-            for raw in lines:
-                self._ingest(path, pos, raw); pos += len(raw) + 1
-            # an unterminated final line: under the shared lock no live writer can be mid-write, so it is
-            # either a complete record (newline lost) or torn by a crash. Without flock it may be in flight.
-            if last and fcntl is not None:
-                self._ingest(path, pos, last, final=True); pos += len(last)
-            self._pos[name] = pos
+# %% ../nbs/06a_llm_cache.ipynb #e2d64c22
+@patch
+def get(self: ResponseCache, key) -> dict | None:
+    "The stored record for `key` (response text, parsed JSON, usage, model, ts...), or None."
+    _check_key(key)
+    with self._lock:
+        if key not in self._index: self._refresh(self._shard(key))
+        loc = self._index.get(key)
+        return None if loc is None else self._read(loc)
 
-    def _ingest(self, path, offset, raw, final=False):
-        name = path.name
-        self._nlines[name] = n = self._nlines.get(name, 0) + 1
-        if not raw.strip(): return
-        try:
-            rec = json.loads(raw)
-            key = rec["key"]
-            _check_key(key)
-        except Exception:
-            self.skipped.append((str(path), n, raw[:80]))
-            warnings.warn(f"{path}, line {n}: skipped an unreadable cache record ({len(raw)} bytes, "
-                          f"{'unterminated final line, ' if final else ''}starts {raw[:40]!r}); it was probably torn "
-                          "by a killed writer. The request it held will be treated as a miss and recomputed.",
-                          stacklevel=3)
-            return
-        self._index.setdefault(key, (name, offset, len(raw)))
+@patch
+def put(self: ResponseCache, key, record: dict) -> bool:
+    "Append `record` under `key` (one line, flushed and fsynced); False if the key was already stored."
+    _check_key(key)
+    if not isinstance(record, Mapping): raise ValueError(f"a cache record must be a dict, got {type(record).__name__}.")
+    if record.get("key", key) != key: raise ValueError(f"record['key'] {record['key']!r} differs from key {key!r}.")
+    rec = {**record, "key": key}
+    try: line = json.dumps(rec, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e: raise ValueError(f"cache record for {key[:12]} is not JSON-serialisable: {e}") from None
+    path = self._shard(key)
+    new = not path.exists()
+    with self._lock:
+        if "folder" not in self._ready or not self.folder.is_dir():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not (self.folder / ".gitattributes").exists():
+                (self.folder / ".gitattributes").write_text("# append-only JSONL: a union merge keeps both sides' records\n*.jsonl merge=union\n")
+            self._ready.add("folder")
+        def fresh():  # under the file lock: another process may have stored the key meanwhile
+            self._refresh(path, locked=True)
+            return key not in self._index
+        off = _append_line(path, line, before_write=fresh, sync=False)
+        if off < 0: return False
+        self._index[key] = (path.name, off, len(line.encode("utf-8")))
+        self._pos[path.name] = off + len(line.encode("utf-8")) + 1
+        self._nlines[path.name] = self._nlines.get(path.name, 0) + 1
+    _sync_file(path, new)   # durable before put returns, without holding up the other threads meanwhile
+    return True
 
-    def _read(self, loc) -> dict:
-        name, off, n = loc
-        with open(self.folder / name, "rb") as f:
-            f.seek(off); return json.loads(f.read(n))
+@patch
+def __contains__(self: ResponseCache, key) -> bool:
+    _check_key(key)
+    with self._lock:
+        if key not in self._index: self._refresh(self._shard(key))
+        return key in self._index
 
-    def get(self, key) -> dict | None:
-        "The stored record for `key` (response text, parsed JSON, usage, model, ts...), or None."
-        _check_key(key)
-        with self._lock:
-            if key not in self._index: self._refresh(self._shard(key))
-            loc = self._index.get(key)
-            return None if loc is None else self._read(loc)
+@patch
+def __len__(self: ResponseCache) -> int:
+    with self._lock:
+        self._refresh_all(); return len(self._index)
 
-    def put(self, key, record: dict) -> bool:
-        "Append `record` under `key` (one line, flushed and fsynced); False if the key was already stored."
-        _check_key(key)
-        if not isinstance(record, Mapping): raise ValueError(f"a cache record must be a dict, got {type(record).__name__}.")
-        if record.get("key", key) != key: raise ValueError(f"record['key'] {record['key']!r} differs from key {key!r}.")
-        rec = {**record, "key": key}
-        try: line = json.dumps(rec, sort_keys=True, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as e: raise ValueError(f"cache record for {key[:12]} is not JSON-serialisable: {e}") from None
-        path = self._shard(key)
-        new = not path.exists()
-        with self._lock:
-            if "folder" not in self._ready or not self.folder.is_dir():
-                self.folder.mkdir(parents=True, exist_ok=True)
-                if not (self.folder / ".gitattributes").exists():
-                    (self.folder / ".gitattributes").write_text("# append-only JSONL: a union merge keeps both sides' records\n*.jsonl merge=union\n")
-                self._ready.add("folder")
-            def fresh():  # under the file lock: another process may have stored the key meanwhile
-                self._refresh(path, locked=True)
-                return key not in self._index
-            off = _append_line(path, line, before_write=fresh, sync=False)
-            if off < 0: return False
-            self._index[key] = (path.name, off, len(line.encode("utf-8")))
-            self._pos[path.name] = off + len(line.encode("utf-8")) + 1
-            self._nlines[path.name] = self._nlines.get(path.name, 0) + 1
-        _sync_file(path, new)   # durable before put returns, without holding up the other threads meanwhile
-        return True
-
-    def __contains__(self, key) -> bool:
-        _check_key(key)
-        with self._lock:
-            if key not in self._index: self._refresh(self._shard(key))
-            return key in self._index
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._refresh_all(); return len(self._index)
-
-    def keys(self) -> list:
-        "All stored keys (after looking for records other processes appended)."
-        with self._lock:
-            self._refresh_all(); return list(self._index)
+@patch
+def keys(self: ResponseCache) -> list:
+    "All stored keys (after looking for records other processes appended)."
+    with self._lock:
+        self._refresh_all(); return list(self._index)
 
 # %% ../nbs/06a_llm_cache.ipynb #c017
 class Ledger:

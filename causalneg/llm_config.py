@@ -8,6 +8,8 @@ import math, re
 from dataclasses import dataclass, fields
 from collections.abc import Mapping   # (typing.Mapping makes every isinstance check slow)
 
+from fastcore.basics import patch
+
 try: import fcntl
 except ImportError: fcntl = None  # Windows: thread locks only
 
@@ -30,6 +32,7 @@ def _looks_like_key(s) -> bool:
 def _is_int(x): return isinstance(x, int) and not isinstance(x, bool)
 def _is_num(x): return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
+# %% ../nbs/06d_llm_config.ipynb #df3ed2d8
 @dataclass
 class LLMConfig:
     "Endpoint, model, decoding and limits of the LLM client (the `llm:` block of params.yaml)."
@@ -93,18 +96,20 @@ class LLMConfig:
                      f"with non-negative numbers, got {self.prices!r}")
         if errs: raise ValueError("invalid llm config: " + "; ".join(errs) + ".")
 
-    @classmethod
-    def from_params(cls, d: Mapping | None) -> LLMConfig:
-        "Build from the `llm:` block of params; unknown keys are an error that names them."
-        if d is None: d = {}
-        if not isinstance(d, Mapping): raise ValueError(f"llm params must be a mapping, got {type(d).__name__}.")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown: raise ValueError(f"unknown llm param(s) {unknown}; the known ones are {known}. Fix the spelling in params.yaml.")
-        return cls(**d)
+# %% ../nbs/06d_llm_config.ipynb #ece12fba
+@patch(cls_method=True)
+def from_params(cls: LLMConfig, d: Mapping | None) -> LLMConfig:
+    "Build from the `llm:` block of params; unknown keys are an error that names them."
+    if d is None: d = {}
+    if not isinstance(d, Mapping): raise ValueError(f"llm params must be a mapping, got {type(d).__name__}.")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown: raise ValueError(f"unknown llm param(s) {unknown}; the known ones are {known}. Fix the spelling in params.yaml.")
+    return cls(**d)
 
-    def decoding(self, temperature=None, max_tokens=None, seed=None) -> dict:
-        "Decoding settings of one request (numbers normalised so that 1 and 1.0 give the same cache key)."
-        return {"temperature": float(self.temperature if temperature is None else temperature),
-                "max_tokens": int(self.max_tokens if max_tokens is None else max_tokens),
-                "seed": int(self.seed if seed is None else seed)}
+@patch
+def decoding(self: LLMConfig, temperature=None, max_tokens=None, seed=None) -> dict:
+    "Decoding settings of one request (numbers normalised so that 1 and 1.0 give the same cache key)."
+    return {"temperature": float(self.temperature if temperature is None else temperature),
+            "max_tokens": int(self.max_tokens if max_tokens is None else max_tokens),
+            "seed": int(self.seed if seed is None else seed)}

@@ -40,6 +40,7 @@ def gguf_ready(path=None, size=GGUF_SIZE, sha256=GGUF_SHA256) -> bool:
                 and st.stat().st_mtime >= p.stat().st_mtime)
     except (OSError, IndexError): return False
 
+# %% ../nbs/06c_llm_local.ipynb #e7de6af2
 def _sha256_file(path, chunk=8 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -93,6 +94,7 @@ def assemble_gguf(dest=None, force: bool = False) -> Path:
         warnings.warn(f"{dest} has the right size but the wrong sha256; assembling it again.")
     return _join_parts(_part_paths(), dest, GGUF_SIZE, GGUF_SHA256)
 
+# %% ../nbs/06c_llm_local.ipynb #7ffe1a04
 def local_backend_status() -> tuple:
     "(usable, reason): whether the local llama.cpp server can run here (installed, and weights assembled or installed)."
     missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
@@ -130,6 +132,7 @@ def _tail(path, n=3000) -> str:
             f.seek(max(0, os.path.getsize(path) - n)); return f.read().decode("utf-8", "replace")
     except OSError: return "(no log)"
 
+# %% ../nbs/06c_llm_local.ipynb #ce6da9e1
 class LocalServer:
     "Context manager running the OpenAI-compatible llama.cpp server on loopback; `base_url` once started."
     def __init__(self, model_path=None, alias: str = "qwen2.5-coder-1.5b", threads: int = 1, ctx: int = 4096,

@@ -79,6 +79,7 @@ def wire_response_format(schema, name: str, kind: str) -> dict:
     if kind == "json_object": return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict_compatible(schema)}}
 
+# %% ../nbs/06b_llm_replies.ipynb #f62a3588
 def _loads(text: str):
     t = text.strip()
     m = re.match(r"^```[a-zA-Z0-9_-]*\s*\n(.*?)\n?```$", t, re.S)
@@ -111,6 +112,8 @@ def repair_prompt(error: str) -> str:
             f"following the required schema exactly.{extra}")
 
 REPLY_BYTES_PER_TOKEN, REPLY_OVERHEAD = 32, 16384   # generous: a token is ~4 characters, at most ~6 bytes each as JSON
+
+# %% ../nbs/06b_llm_replies.ipynb #9a08618c
 QUOTE_CHARS_PER_TOKEN = 8
 
 def reply_byte_cap(max_tokens: int) -> int:
@@ -121,4 +124,3 @@ def clip_reply(text: str, max_tokens: int) -> str:
     "`text` as quoted back in a repair turn: at most 8 characters per token of `max_tokens`, never a huge reply."
     n = max(512, QUOTE_CHARS_PER_TOKEN * int(max_tokens))
     return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more characters cut]"
-

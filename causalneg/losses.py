@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 import torch
+from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -272,110 +273,6 @@ class CausalNegLoss(nn.Module):
         self.sources, self.generated_sources = tuple(sources), tuple(generated_sources)
         self.reset_diagnostics()
 
-    # ---- embedding -----------------------------------------------------------------------------
-    def embed(self, sentence_features: Iterable[dict], labels: Tensor) -> tuple:
-        "Embed queries, positives and the valid negatives; padding slots become zero vectors."
-        from sentence_transformers.base.losses.merged_forward import merge_feature_batches
-        feats = list(sentence_features)
-        labels = self._check_labels(feats, labels)
-        valid = labels >= 0
-        b, k = labels.shape
-        q = self.model(feats[0])["sentence_embedding"]
-        cand = feats[1:]
-        # column-major row index of (column j, sample i) in the merged candidate batch: j * b + i
-        keep = torch.cat([torch.ones(b, dtype=torch.bool, device=valid.device), valid.T.reshape(-1)])
-        merged = merge_feature_batches(cand) if len(cand) > 1 else cand[0]
-        if merged is not None:
-            idx = keep.nonzero().squeeze(1).to(labels.device)
-            emb = self.model(_select_rows(merged, idx, keep.numel()))["sentence_embedding"]
-            pos, neg_flat = emb[:b], emb[b:]
-        else:  # columns that cannot be merged: one forward per column, valid rows only
-            pos = self.model(cand[0])["sentence_embedding"]
-            parts = []
-            for j in range(k):
-                rows = valid[:, j].nonzero().squeeze(1)
-                if rows.numel(): parts.append(self.model(_select_rows(cand[j + 1], rows, b))["sentence_embedding"])
-            neg_flat = torch.cat(parts) if parts else pos.new_zeros(0, pos.shape[1])
-        slots = valid.T.reshape(-1).nonzero().squeeze(1)
-        negs = pos.new_zeros(k * b, pos.shape[1]).index_copy(0, slots, neg_flat.to(pos.dtype))
-        return q, pos, negs.view(k, b, pos.shape[1]).transpose(0, 1), labels  # k may be 0: no negatives in the whole set
-
-    def _check_labels(self, feats: list, labels: Tensor | None) -> Tensor:
-        "Validate the label tensor against the number of columns."
-        if labels is None:
-            raise ValueError("CausalNegLoss needs a 'label' column with one source code per negative column "
-                             "(-1 for padding); build the dataset with causalneg.train.build_train_dataset.")
-        labels = torch.as_tensor(labels)
-        if len(feats) < 2: raise ValueError(f"Expected columns (query, positive, neg_0, ...), got {len(feats)} column(s).")
-        k, b = len(feats) - 2, _batch_size(feats[0])
-        if labels.ndim != 2 or tuple(labels.shape) != (b, k):
-            raise ValueError(f"labels must be [batch, K] = [{b}, {k}] (one source code per negative column neg_0.."
-                             f"neg_{k - 1}), got shape {list(labels.shape)}. The dataset's 'label' column must list "
-                             "the K source codes of each row, padded with -1.")
-        n_codes = len(self.sources)
-        if labels.numel() and (labels.min() < -1 or labels.max() >= n_codes):
-            raise ValueError(f"labels hold codes outside [-1, {n_codes - 1}] (sources {list(self.sources)}).")
-        return labels.long()
-
-    # ---- loss ----------------------------------------------------------------------------------
-    def forward(self, sentence_features: Iterable[dict], labels: Tensor) -> dict:
-        "Loss parts {'info_nce', 'lambda_entropy'} for tokenized columns (query, positive, neg_0..) and source codes."
-        q, pos, negs, labels = self.embed(sentence_features, labels)
-        return self.compute_loss_from_embeddings(q, pos, negs, labels)
-
-    def compute_loss_from_embeddings(self, q: Tensor, pos: Tensor, negs: Tensor, labels: Tensor) -> dict:
-        "Loss parts from embeddings q [B,D], pos [B,D], negs [B,K,D] and labels [B,K] (-1 = padding)."
-        labels = labels.to(q.device).long()
-        valid = labels >= 0
-        gen = generated_mask(labels, self.sources, self.generated_sources)
-        training = torch.is_grad_enabled()
-        use_ent = self.lambda_ent > 0 and (training or self.entropy_in_eval)
-        world = _dist_world() if self.global_mean else 1
-
-        valid_nce = valid if self.mask_margin is None else valid & ~fake_negative_mask(q, pos, negs, valid, self.mask_margin)
-        offset, pos_c, negs_c, valid_c = 0, pos, negs, valid_nce
-        if self.in_batch_negatives and self.gather_across_devices and _dist_world() > 1:
-            from sentence_transformers.util import all_gather, all_gather_with_grad, get_rank
-            pos_c, negs_c = all_gather_with_grad(pos), all_gather_with_grad(negs)
-            valid_c = all_gather(valid_nce.to(torch.uint8)).bool()  # gloo cannot gather bool
-            offset = get_rank() * q.shape[0]
-        nce = info_nce_per_sample(q, pos_c, negs_c, valid_c, self.temperature, self.in_batch_negatives, offset)
-        terms = query_view_terms(q, negs, gen, valid, self.tau_ent) if use_ent else None
-        ent_sum = entropy_objective(terms, self.entropy_term, self.balance_term).sum() if use_ent else None
-
-        n_gen = terms["has_gen"].sum().float() if use_ent else torch.zeros((), device=q.device)
-        n = torch.stack([torch.tensor(float(q.shape[0]), device=q.device), n_gen])
-        if world > 1:
-            import torch.distributed as dist
-            dist.all_reduce(n)
-        out = {"info_nce": nce.sum() * (world / n[0].clamp(min=1))}
-        if use_ent:
-            out["lambda_entropy"] = self.lambda_ent * (ent_sum * (world / n[1].clamp(min=1)) + terms["anchor"])
-        if training and self.track_diagnostics:
-            self._accumulate(entropy_diagnostics(q, pos, negs, labels, self.tau_ent, self.sources,
-                                                 self.generated_sources, self.entropy_term, self.balance_term))
-        return out
-
-    # ---- diagnostics ---------------------------------------------------------------------------
-    def reset_diagnostics(self) -> None:
-        "Forget accumulated diagnostics."
-        self._diag = None
-
-    def _accumulate(self, d: dict) -> None:
-        "Add one batch's (sum, count) diagnostics to the running totals."
-        t = torch.stack([torch.stack([s.float(), c.float()]) for s, c in d.values()])  # [n_keys, 2]
-        self._diag = t if self._diag is None else self._diag + t.to(self._diag.device)
-
-    def pop_diagnostics(self, reduce_across_processes: bool = True) -> dict:
-        "Means of the diagnostics since the last call (summed over processes under DDP), then reset."
-        keys = diagnostic_keys(self.sources)
-        t = self._diag if self._diag is not None else torch.zeros(len(keys), 2)
-        self._diag = None
-        if reduce_across_processes and _dist_world() > 1:
-            import torch.distributed as dist
-            t = t.clone(); dist.all_reduce(t)
-        return {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0}
-
     def get_config_dict(self) -> dict:
         "Settings recorded in the model card."
         return {"temperature": self.temperature, "lambda_ent": self.lambda_ent, "tau_ent": self.tau_ent,
@@ -391,6 +288,130 @@ class CausalNegLoss(nn.Module):
                 "Discriminative Gap in Hard Negative Synthesis for Retrieval}, booktitle={KDD}, year={2026}, "
                 "note={arXiv:2606.01304}}")
 
+# %% ../nbs/08_losses.ipynb #c9a483d2
+@patch
+def embed(self: CausalNegLoss, sentence_features: Iterable[dict], labels: Tensor) -> tuple:
+    "Embed queries, positives and the valid negatives; padding slots become zero vectors."
+    from sentence_transformers.base.losses.merged_forward import merge_feature_batches
+    feats = list(sentence_features)
+    labels = self._check_labels(feats, labels)
+    valid = labels >= 0
+    b, k = labels.shape
+    q = self.model(feats[0])["sentence_embedding"]
+    cand = feats[1:]
+    # column-major row index of (column j, sample i) in the merged candidate batch: j * b + i
+    keep = torch.cat([torch.ones(b, dtype=torch.bool, device=valid.device), valid.T.reshape(-1)])
+    merged = merge_feature_batches(cand) if len(cand) > 1 else cand[0]
+    if merged is not None:
+        idx = keep.nonzero().squeeze(1).to(labels.device)
+        emb = self.model(_select_rows(merged, idx, keep.numel()))["sentence_embedding"]
+        pos, neg_flat = emb[:b], emb[b:]
+    else:  # columns that cannot be merged: one forward per column, valid rows only
+        pos = self.model(cand[0])["sentence_embedding"]
+        parts = []
+        for j in range(k):
+            rows = valid[:, j].nonzero().squeeze(1)
+            if rows.numel(): parts.append(self.model(_select_rows(cand[j + 1], rows, b))["sentence_embedding"])
+        neg_flat = torch.cat(parts) if parts else pos.new_zeros(0, pos.shape[1])
+    slots = valid.T.reshape(-1).nonzero().squeeze(1)
+    negs = pos.new_zeros(k * b, pos.shape[1]).index_copy(0, slots, neg_flat.to(pos.dtype))
+    return q, pos, negs.view(k, b, pos.shape[1]).transpose(0, 1), labels  # k may be 0: no negatives in the whole set
+
+@patch
+def _check_labels(self: CausalNegLoss, feats: list, labels: Tensor | None) -> Tensor:
+    "Validate the label tensor against the number of columns."
+    if labels is None:
+        raise ValueError("CausalNegLoss needs a 'label' column with one source code per negative column "
+                         "(-1 for padding); build the dataset with causalneg.train.build_train_dataset.")
+    labels = torch.as_tensor(labels)
+    if len(feats) < 2: raise ValueError(f"Expected columns (query, positive, neg_0, ...), got {len(feats)} column(s).")
+    k, b = len(feats) - 2, _batch_size(feats[0])
+    if labels.ndim != 2 or tuple(labels.shape) != (b, k):
+        raise ValueError(f"labels must be [batch, K] = [{b}, {k}] (one source code per negative column neg_0.."
+                         f"neg_{k - 1}), got shape {list(labels.shape)}. The dataset's 'label' column must list "
+                         "the K source codes of each row, padded with -1.")
+    n_codes = len(self.sources)
+    if labels.numel() and (labels.min() < -1 or labels.max() >= n_codes):
+        raise ValueError(f"labels hold codes outside [-1, {n_codes - 1}] (sources {list(self.sources)}).")
+    return labels.long()
+
+# %% ../nbs/08_losses.ipynb #f36bb3da
+@patch
+def forward(self: CausalNegLoss, sentence_features: Iterable[dict], labels: Tensor) -> dict:
+    "Loss parts {'info_nce', 'lambda_entropy'} for tokenized columns (query, positive, neg_0..) and source codes."
+    q, pos, negs, labels = self.embed(sentence_features, labels)
+    return self.compute_loss_from_embeddings(q, pos, negs, labels)
+
+@patch
+def compute_loss_from_embeddings(self: CausalNegLoss, q: Tensor, pos: Tensor, negs: Tensor, labels: Tensor) -> dict:
+    "Loss parts from embeddings q [B,D], pos [B,D], negs [B,K,D] and labels [B,K] (-1 = padding)."
+    labels = labels.to(q.device).long()
+    valid = labels >= 0
+    gen = generated_mask(labels, self.sources, self.generated_sources)
+    training = torch.is_grad_enabled()
+    use_ent = self.lambda_ent > 0 and (training or self.entropy_in_eval)
+    world = _dist_world() if self.global_mean else 1
+
+    valid_nce = valid if self.mask_margin is None else valid & ~fake_negative_mask(q, pos, negs, valid, self.mask_margin)
+    offset, pos_c, negs_c, valid_c = 0, pos, negs, valid_nce
+    if self.in_batch_negatives and self.gather_across_devices and _dist_world() > 1:
+        from sentence_transformers.util import all_gather, all_gather_with_grad, get_rank
+        pos_c, negs_c = all_gather_with_grad(pos), all_gather_with_grad(negs)
+        valid_c = all_gather(valid_nce.to(torch.uint8)).bool()  # gloo cannot gather bool
+        offset = get_rank() * q.shape[0]
+    nce = info_nce_per_sample(q, pos_c, negs_c, valid_c, self.temperature, self.in_batch_negatives, offset)
+    terms = query_view_terms(q, negs, gen, valid, self.tau_ent) if use_ent else None
+    ent_sum = entropy_objective(terms, self.entropy_term, self.balance_term).sum() if use_ent else None
+
+    n_gen = terms["has_gen"].sum().float() if use_ent else torch.zeros((), device=q.device)
+    n = torch.stack([torch.tensor(float(q.shape[0]), device=q.device), n_gen])
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(n)
+    out = {"info_nce": nce.sum() * (world / n[0].clamp(min=1))}
+    if use_ent:
+        out["lambda_entropy"] = self.lambda_ent * (ent_sum * (world / n[1].clamp(min=1)) + terms["anchor"])
+    if training and self.track_diagnostics:
+        self._accumulate(entropy_diagnostics(q, pos, negs, labels, self.tau_ent, self.sources,
+                                             self.generated_sources, self.entropy_term, self.balance_term))
+        if self.mask_margin is not None: self._count_masked(valid, valid_nce)
+    return out
+
+# %% ../nbs/08_losses.ipynb #8a1f6222
+@patch
+def reset_diagnostics(self: CausalNegLoss) -> None:
+    "Forget accumulated diagnostics."
+    self._diag = self._masked = None
+
+@patch
+def _accumulate(self: CausalNegLoss, d: dict) -> None:
+    "Add one batch's (sum, count) diagnostics to the running totals."
+    t = torch.stack([torch.stack([s.float(), c.float()]) for s, c in d.values()])  # [n_keys, 2]
+    self._diag = t if self._diag is None else self._diag + t.to(self._diag.device)
+
+@patch
+def _count_masked(self: CausalNegLoss, valid: Tensor, valid_nce: Tensor) -> None:
+    "Add one batch's (masked, valid) negative counts of fake-negative masking to the running totals."
+    m = torch.stack([(valid & ~valid_nce).sum().float(), valid.sum().float()])
+    self._masked = m if self._masked is None else self._masked + m.to(self._masked.device)
+
+@patch
+def pop_diagnostics(self: CausalNegLoss, reduce_across_processes: bool = True) -> dict:
+    "Means of the diagnostics since the last call (summed over processes under DDP), then reset."
+    keys = diagnostic_keys(self.sources)
+    t = self._diag if self._diag is not None else torch.zeros(len(keys), 2)
+    if self.mask_margin is not None:  # masking on: how many negatives it dropped from InfoNCE
+        t = torch.cat([t, (self._masked if self._masked is not None else torch.zeros(2)).to(t.device).view(1, 2)])
+        keys = [*keys, "masked_share"]
+    self._diag = self._masked = None
+    if reduce_across_processes and _dist_world() > 1:
+        import torch.distributed as dist
+        t = t.clone(); dist.all_reduce(t)
+    out = {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0}
+    if self.mask_margin is not None: out["masked_negatives"] = t[-1, 0].item()
+    return out
+
+# %% ../nbs/08_losses.ipynb #dedf8ba6
 def _batch_size(features: dict) -> int:
     "Rows in a tokenized batch."
     return int(features["attention_mask"].shape[0]) if "attention_mask" in features else int(

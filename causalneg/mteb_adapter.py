@@ -111,6 +111,7 @@ def task_instruction(task) -> str:
     if isinstance(p, dict): p = p.get("query")
     return p or getattr(type(task), "abstask_prompt", "") or ""
 
+# %% ../nbs/14_mteb.ipynb #81f07a2f
 def _wrap(model, tasks, query_prompt=None, document_prompt=None, instruction_template=None):
     "An mteb encoder for a SentenceTransformer with the prompts to use (its own, overridden by the arguments)."
     from sentence_transformers import SentenceTransformer
@@ -142,6 +143,7 @@ def _prompts_used(model_prompts, metadata) -> dict:
         out[pt.value] = {"name": name, "text": model_prompts[name] if name else None}
     return out
 
+# %% ../nbs/14_mteb.ipynb #78a191eb
 def evaluate_mteb(model, tasks, output: str | Path | None = None, show_progress: bool = False,
                   query_prompt: str | None = None, document_prompt: str | None = None,
                   instruction_template: str | None = None, model_info: dict | None = None) -> dict:

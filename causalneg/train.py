@@ -255,6 +255,7 @@ def _batch_sampler(shuffle: bool):
                                    valid_label_columns=valid_label_columns, generator=generator, seed=seed)
     return sequential
 
+# %% ../nbs/09_train.ipynb #ce6f7c9e
 def training_args(config: TrainConfig, has_dev: bool):
     "SentenceTransformerTrainingArguments for `config` (offline, seeded, CPU unless config.device says otherwise)."
     c = config
@@ -278,6 +279,7 @@ def training_args(config: TrainConfig, has_dev: bool):
         disable_tqdm=True, dataloader_num_workers=0, batch_sampler=_batch_sampler(c.shuffle),
         prompts={"query": c.query_prompt} if c.query_prompt else None)
 
+# %% ../nbs/09_train.ipynb #57f54c6d
 def _last_checkpoint(folder: Path) -> str | None:
     "The newest `checkpoint-N` folder under `folder`, if any."
     cps = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)

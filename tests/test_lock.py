@@ -34,6 +34,7 @@ MODULE_TO_DIST = {
     "tokenizers": "tokenizers",
     "torch": "torch",
     "tqdm": "tqdm",
+    "fastcore": "fastcore",
     "transformers": "transformers",
     "yaml": "pyyaml",
     "matplotlib": "matplotlib",
