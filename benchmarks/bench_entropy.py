@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def loop_entropy(q, negs, gen, tau=0.1):
-    "L_ent as a Python loop over samples (q and non-generated negatives detached), straight from method.md."
+    "L_ent as a Python loop over samples (q and non-generated negatives detached), straight from the paper's module 2."
     import torch
 
     terms = []

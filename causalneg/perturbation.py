@@ -158,13 +158,13 @@ def generate_causalneg(items, client, profile="wikivital", n_neg: int = 3, max_c
 
 # %% ../nbs/07_perturbation.ipynb #c024
 def generate_naive(items, client, profile="wikivital", n_neg: int = 3, on_error: str = "record",
-                   return_meta: bool = False):
-    "Naive negatives per item (one plain prompt per query); with `return_meta` also per-item call records."
+                   return_meta: bool = False, see_positive: bool = False):
+    "Naive negatives per item (one plain prompt per query, showing the positive if `see_positive`); `return_meta` adds call records."
     _check_common(n_neg, on_error)
     items, profile = check_items(items), get_profile(profile)
     schema = naive_schema(n_neg)
     def _one(it):
-        msgs = build_naive_messages(profile, it["query"], n_neg)
+        msgs = build_naive_messages(profile, it["query"], n_neg, positive=it["positive"] if see_positive else None)
         res, err = _run_guarded(lambda: ask_json(client, msgs, schema, "naive_negatives", validate=validate_naive), it["qid"], "naive", on_error)
         if err: return [], {"qid": it["qid"], "pos_id": it["pos_id"], "cache_key": None, "error": err}
         out, key = res

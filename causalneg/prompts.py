@@ -229,10 +229,16 @@ Style: {p.style}
 Each negative is one complete passage in this style, of the length asked for. Answer in JSON: an object whose \
 "negatives" list holds the passages."""
 
-def build_naive_messages(profile, query: str, n_neg: int = 3) -> list:
-    "Chat messages of the naive baseline: one plain request for `n_neg` hard negatives for the query."
+def build_naive_messages(profile, query: str, n_neg: int = 3, positive: str | None = None) -> list:
+    "Chat messages of the naive baseline: one plain request for `n_neg` hard negatives (seeing `positive` if given)."
     if n_neg < 1: raise ValueError(f"n_neg must be >= 1, got {n_neg}")
-    p = get_profile(profile)
-    return [{"role": "system", "content": naive_system(p)},
-            {"role": "user", "content": f"Query: {' '.join(str(query).split())}\nWrite {n_neg} hard negative "
-                                        f"passage{'s' if n_neg > 1 else ''}, about {p.length_words} words each."}]
+    p, plural = get_profile(profile), "s" if n_neg > 1 else ""
+    query = " ".join(str(query).split())
+    if positive is None:  # the query-only prompt: its text is part of every shipped cache key, keep it byte for byte
+        user = f"Query: {query}\nWrite {n_neg} hard negative passage{plural}, about {p.length_words} words each."
+    else:
+        if not str(positive).strip(): raise ValueError("positive is empty: pass the relevant passage, or None for the query-only prompt")
+        user = (f"Query: {query}\nRelevant passage: {' '.join(str(positive).split())}\n"
+                f"Write {n_neg} hard negative passage{plural} on the topic of the relevant passage that do not answer "
+                f"the query, about {_n_words(positive)} words each.")
+    return [{"role": "system", "content": naive_system(p)}, {"role": "user", "content": user}]

@@ -35,7 +35,7 @@ def ref_info_nce(q, pos, negs, valid, t):
 
 
 def ref_entropy(q, negs, gen, valid, tau, entropy_term=True, balance_term=True):
-    "method.md's L_ent as a loop over samples (q and non-generated negatives detached)."
+    "The paper's L_ent (module 2) as a loop over samples (q and non-generated negatives detached)."
     terms = []
     for i in range(q.shape[0]):
         g = (gen[i] & valid[i])[valid[i]]
