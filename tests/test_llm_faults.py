@@ -248,11 +248,17 @@ def test_threads_asking_for_one_key_pay_once(fake, tmp_path):
 
 
 def test_claims_are_per_key_so_distinct_calls_stay_parallel(fake, tmp_path):
-    fake.responder = lambda b, n: ok({"answer": "Paris"}, delay=0.5)
+    # every reply waits until all 8 requests are at the server: serialised calls break the barrier (no timing)
+    barrier = threading.Barrier(8, timeout=30)
+
+    def responder(b, n):
+        barrier.wait()
+        return ok({"answer": "Paris"})
+
+    fake.responder = responder
     c = client(fake, tmp_path, concurrency=8)
-    t0 = time.monotonic()
-    c.map(lambda i: c.chat_json([{"role": "user", "content": f"q {i}"}], SCHEMA), range(8))
-    assert time.monotonic() - t0 < 1.6 and fake.max_in_flight == 8
+    out = c.map(lambda i: c.chat_json([{"role": "user", "content": f"q {i}"}], SCHEMA), range(8))
+    assert out == [{"answer": "Paris"}] * 8 and fake.max_in_flight == 8 and not barrier.broken
     assert [p.name for p in (tmp_path / "cache" / ".claims").iterdir()] == [".gitignore"]  # claims released
 
 
