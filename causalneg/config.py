@@ -146,7 +146,7 @@ SCHEMA = {
     "generation": {"cache": folder, "queries": optional(count()), "profile": name, "n_neg": count(1), "max_candidates": count(1),
                    "max_candidate_words": count(1), "mode": choice("per_strategy", "joint"), "max_nodes": count(1),
                    "guard_margin": num(), "min_words": count(), "max_words": count(1), "near_dup": num(0, 1, hi_open=False),
-                   "naive_sees_positive": flag},
+                   "naive_prompts": listof(choice("query_only", "with_positive"), 1)},
     "experiments": {"variants": listof(name, 1), "ablations": listof(name), "lambdas": listof(num(0)),
                     "taus": listof(positive()), "seeds": listof(count(), 1), "n_mined": count(), "n_gen": count(),
                     "lambda_ent": num(0), "lambda_effective": num(0), "train_queries": optional(count()),
@@ -161,7 +161,7 @@ GENERATE_STAGE = {
     "n_neg": "generation.n_neg", "max_candidates": "generation.max_candidates",
     "max_candidate_words": "generation.max_candidate_words", "mode": "generation.mode", "max_nodes": "generation.max_nodes",
     "guard_margin": "generation.guard_margin", "min_words": "generation.min_words", "max_words": "generation.max_words",
-    "near_dup": "generation.near_dup", "naive_sees_positive": "generation.naive_sees_positive", "model": "encoder.model", "max_seq_length": "encoder.max_seq_length",
+    "near_dup": "generation.near_dup", "naive_prompts": "generation.naive_prompts", "model": "encoder.model", "max_seq_length": "encoder.max_seq_length",
     "threads": "runtime.threads", "device": "runtime.device", "cache_dir": "runtime.embedding_cache",
     "benchmark": "benchmark.folder",
 }  # stage key -> params path, as dvc.yaml's generate stage passes them

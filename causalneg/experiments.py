@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, json, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from .variants import GENERATORS
 
 # %% auto #0
 __all__ = ['SETTINGS_RENAMED', 'RunSettings', 'read_pools', 'training_queries', 'run_code', 'run_key', 'train_distributed',
@@ -53,10 +54,10 @@ class RunSettings:
 
 # %% ../nbs/13_experiments.ipynb #c006
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
-    "Negatives per source ('mined', 'random', and 'naive'/'causalneg' when generated) for one part, by query id."
+    "Negatives per source ('mined', 'random', and each generator of `GENERATORS` whose file exists) for one part, by query id."
     from causalneg.records import read_records
     pools = {s: {r["qid"]: r["negatives"] for r in read_records(Path(negatives_dir, f"{part}_{s}.jsonl"))} for s in ("mined", "random")}
-    for s in ("naive", "causalneg"):
+    for s in GENERATORS:
         f = Path(generated_dir, f"{part}_{s}.jsonl")
         if f.exists(): pools[s] = {r["qid"]: r["negatives"] for r in read_records(f)}
     return pools
@@ -111,7 +112,7 @@ def probe_sets(settings: RunSettings, train_queries: list) -> dict:
                                    f"{sorted(clash)[:3]}): start the range at or after the number of training queries.")
         extra = read_pools(s.negatives_dir, s.generated_dir, "train")
     out = {}
-    for gen in ("causalneg", "naive"):
+    for gen in GENERATORS:
         if gen not in held and gen not in extra: continue
         pools = {src: {**held.get(src, {}), **extra.get(src, {})} for src in ("mined", gen)}
         qs = [q for q in held_q + extra_q if q["qid"] in pools[gen]]
@@ -128,6 +129,7 @@ def variant_train_config(variant, seed: int, settings: RunSettings):
     names = {f.name for f in fields(TrainConfig)}
     shared = {SETTINGS_RENAMED.get(k, k): v for k, v in asdict(settings).items() if SETTINGS_RENAMED.get(k, k) in names}
     return TrainConfig(**{**shared, "lambda_ent": variant.lambda_ent, "tau_ent": variant.tau_ent or settings.tau_ent,
+                          "mask_margin": settings.mask_margin if variant.mask_margin is None else variant.mask_margin,
                           "entropy_term": variant.entropy_term, "balance_term": variant.balance_term, "seed": seed,
                           "output_dir": str(Path(settings.models_dir, f"{variant.name}-s{seed}")),
                           "save_strategy": "no", "logging_steps": 1})

@@ -66,8 +66,9 @@ def generation_report(records, meta=None, usage: dict | None = None) -> dict:
         cands = [r for r in recs if r.get("strategy_type") == t]
         best = next((r for r in cands if r.get("filter") is None), cands[0] if cands else None)
         if best: ex[t] = _example(best, query_of)
-    naive = [r for r in recs if r.get("source") == "naive"]
-    if naive: ex["naive"] = _example(next((r for r in naive if r.get("filter") is None), naive[0]), query_of)
+    for source in ("naive", "naive_pos"):  # the two naive prompts (causalneg.perturbation.NAIVE_PROMPTS)
+        naive = [r for r in recs if r.get("source") == source]
+        if naive: ex[source] = _example(next((r for r in naive if r.get("filter") is None), naive[0]), query_of)
     rep["examples"] = ex
     an = next((m for m in meta if m.get("analysis")), None)
     rep["analysis_example"] = {"qid": an["qid"], "query": an.get("query"), "analysis": an["analysis"]} if an else None

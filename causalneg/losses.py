@@ -17,8 +17,9 @@ __all__ = ['SOURCES', 'GENERATED_SOURCES', 'PAD_CODE', 'source_codes', 'encode_s
            'entropy_diagnostics', 'fake_negative_mask', 'CausalNegLoss']
 
 # %% ../nbs/08_losses.ipynb #c006
-SOURCES = ("random", "mined", "naive", "causalneg")
-GENERATED_SOURCES = ("naive", "causalneg")
+# naive_pos (the naive prompt that also sees the positive) comes last, so the older codes keep their values
+SOURCES = ("random", "mined", "naive", "causalneg", "naive_pos")
+GENERATED_SOURCES = ("naive", "causalneg", "naive_pos")
 PAD_CODE = -1
 
 def source_codes(sources: Sequence[str] = SOURCES) -> dict:

@@ -15,7 +15,7 @@ from .prompts import (ORIGINS, get_profile, analysis_schema, generation_schema,
                                build_generation_messages, build_strategy_messages, build_naive_messages)
 
 # %% auto #0
-__all__ = ['GENERATION_MODES', 'check_items', 'request_cache_key', 'ask_json', 'analyse_item', 'generate_item',
+__all__ = ['GENERATION_MODES', 'NAIVE_PROMPTS', 'check_items', 'request_cache_key', 'ask_json', 'analyse_item', 'generate_item',
            'generate_causalneg', 'generate_naive']
 
 # %% ../nbs/07_perturbation.ipynb #c005
@@ -157,18 +157,22 @@ def generate_causalneg(items, client, profile="wikivital", n_neg: int = 3, max_c
     return (negs, metas) if return_meta else negs
 
 # %% ../nbs/07_perturbation.ipynb #c024
+NAIVE_PROMPTS = {"query_only": "naive", "with_positive": "naive_pos"}  # generation.naive_prompts -> source
+
 def generate_naive(items, client, profile="wikivital", n_neg: int = 3, on_error: str = "record",
                    return_meta: bool = False, see_positive: bool = False):
     "Naive negatives per item (one plain prompt per query, showing the positive if `see_positive`); `return_meta` adds call records."
     _check_common(n_neg, on_error)
     items, profile = check_items(items), get_profile(profile)
     schema = naive_schema(n_neg)
+    source = NAIVE_PROMPTS["with_positive" if see_positive else "query_only"]
+    tag = "np" if see_positive else "nv"
     def _one(it):
         msgs = build_naive_messages(profile, it["query"], n_neg, positive=it["positive"] if see_positive else None)
         res, err = _run_guarded(lambda: ask_json(client, msgs, schema, "naive_negatives", validate=validate_naive), it["qid"], "naive", on_error)
         if err: return [], {"qid": it["qid"], "pos_id": it["pos_id"], "cache_key": None, "error": err}
         out, key = res
-        recs = [{"neg_id": f"{it['qid']}-nv{j}", "text": t.strip(), "source": "naive", "qid": it["qid"],
+        recs = [{"neg_id": f"{it['qid']}-{tag}{j}", "text": t.strip(), "source": source, "qid": it["qid"],
                  "pos_id": it["pos_id"], "origin": ORIGINS[1], "cache_keys": [key]}
                 for j, t in enumerate(out["negatives"])]
         return recs, {"qid": it["qid"], "pos_id": it["pos_id"], "cache_key": key, "error": None, "n_negatives": len(recs)}

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['SWEEPS', 'MAIN_ORDER', 'Variant', 'main_variants', 'sweep_name', 'ablation_variants', 'requested_rows',
-           'probe_generator', 'check_drop', 'usable', 'variant_examples', 'negative_counts']
+__all__ = ['AUTHORS_MASK_MARGIN', 'SWEEPS', 'MAIN_ORDER', 'GENERATORS', 'Variant', 'main_variants', 'sweep_name',
+           'ablation_variants', 'requested_rows', 'probe_generator', 'check_drop', 'usable', 'variant_examples',
+           'negative_counts']
 
 # %% ../nbs/11_variants.ipynb #c005
 @dataclass(frozen=True)
@@ -16,19 +17,23 @@ class Variant:
     "One row of the comparison: negatives per source and the loss settings."
     name: str
     label: str                                  # as printed in tables
-    negatives: dict = field(default_factory=dict)  # source -> how many per query ('mined', 'random', 'naive', 'causalneg')
+    negatives: dict = field(default_factory=dict)  # source -> how many per query ('mined', 'random', 'naive', 'naive_pos', 'causalneg')
     lambda_ent: float = 0.0
     entropy_term: bool = True
     balance_term: bool = True
     tau_ent: float | None = None                # None: the profile's tau_ent
     train: bool = True                          # False: the zero-shot row
+    mask_margin: float | None = None            # fake-negative masking for this row; None: the run settings' mask_margin
 
-def _v(name, label, lam=0.0, **neg): return Variant(name, label, neg, lam)
+def _v(name, label, lam=0.0, mask=None, **neg): return Variant(name, label, neg, lam, mask_margin=mask)
+
+AUTHORS_MASK_MARGIN = 0.1  # the authors' baseline script masks negatives scoring above the positive + 0.1
 
 # The main table, in the order of the architecture document. `M`/`G` are filled from params (N_m, N_g).
-def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_effective: float = 0.4) -> list:
+def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_effective: float = 0.4,
+                  mask_margin: float = AUTHORS_MASK_MARGIN) -> list:
     "The main-table rows for N_m mined and N_g generated negatives per query."
-    M, G = n_mined, n_gen
+    M, G, mm = n_mined, n_gen, mask_margin
     return [Variant("zeroshot", "zero-shot", train=False),
             _v("random", "random", random=M),
             _v("mined", "mined", mined=M),
@@ -36,6 +41,10 @@ def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_eff
             _v("naive", "naive-generated", naive=G),
             _v("cot", "CoT-generated", causalneg=G),
             _v("mined_naive", "mined + naive", mined=M, naive=G),
+            _v("mined_naive_masked", f"mined + naive, fake negatives masked (margin {mm:g})", mask=mm, mined=M, naive=G),
+            _v("mined_naive_pos", "mined + naive (the prompt sees the positive)", mined=M, naive_pos=G),
+            _v("mined_naive_pos_masked", f"mined + naive (sees the positive), masked ({mm:g}): the authors' baseline", mask=mm,
+               mined=M, naive_pos=G),
             _v("mined_cot", "mined + CoT", mined=M, causalneg=G),
             _v("causalneg", "mined + CoT + entropy (CausalNeg)", lambda_ent, mined=M, causalneg=G),
             _v("causalneg_eff", f"CausalNeg at the effective weight (lambda={lambda_effective:g})", lambda_effective, mined=M, causalneg=G),
@@ -59,14 +68,16 @@ def ablation_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda
 
 # %% ../nbs/11_variants.ipynb #rows-def
 MAIN_ORDER = tuple(v.name for v in main_variants(1, 1))  # the main table's rows, in the order they are printed
+# the LLM-written sources, each with its own probe, as tables name them
+GENERATORS = {"causalneg": "CoT", "naive": "naive", "naive_pos": "naive, sees the positive"}
 
 def requested_rows(variants=(), ablations=(), lambdas=(), taus=()) -> list:
     "Row names a profile asks for: its main rows and ablations as named, then one row per sweep value."
     return [*variants, *ablations, *(sweep_name("lambda", l) for l in lambdas), *(sweep_name("tau", t) for t in taus)]
 
 def probe_generator(negatives: dict) -> str:
-    "The generator whose probe a row is shown on: 'naive' for a row trained on naive negatives, else 'causalneg' (CoT)."
-    return "naive" if "naive" in negatives else "causalneg"
+    "The generator whose probe a row is shown on: the naive source a row trains on, else 'causalneg' (CoT)."
+    return next((g for g in ("naive_pos", "naive") if g in negatives), "causalneg")
 
 # %% ../nbs/11_variants.ipynb #c008
 def check_drop(drop) -> str | tuple:

@@ -89,13 +89,20 @@ def old_train_config(variant, seed, s):
 
 
 def test_variant_train_config_equals_the_old_explicit_construction():
+    from dataclasses import replace
+
     from causalneg.experiments import RunSettings, variant_train_config
     from causalneg.variants import ablation_variants, main_variants
 
     s = RunSettings(batch_size=4, lr=1e-4, threads=3, device="cpu", grad_accum=2, dev_fraction=0.1, early_stopping_patience=2)
     for v in main_variants(3, 3) + ablation_variants(3, 3, taus=[0.2]):
         for seed in (0, 2):
-            assert variant_train_config(v, seed, s) == old_train_config(v, seed, s), v.name
+            if v.mask_margin is None:  # the old construction had no per-row masking
+                assert variant_train_config(v, seed, s) == old_train_config(v, seed, s), v.name
+            else:  # a masked row differs from it in its margin only
+                assert variant_train_config(v, seed, s) == replace(old_train_config(v, seed, s), mask_margin=v.mask_margin), (
+                    v.name
+                )
 
 
 def test_variant_train_config_carries_every_shared_field():
