@@ -363,7 +363,7 @@ def test_module_diagnostics_accumulate_over_steps(tiny):
     [
         (None, "needs a 'label' column"),
         (torch.tensor([[1, 3], [2, -1], [0, 3]]), "labels must be [batch, K] = [3, 3]"),
-        (torch.tensor([[1, 3, 9], [2, -1, -1], [0, 3, -1]]), "codes outside [-1, 3]"),
+        (torch.tensor([[1, 3, 9], [2, -1, -1], [0, 3, -1]]), "codes outside [-1, 4]"),
     ],
 )
 def test_module_bad_labels(tiny, labels, msg):
