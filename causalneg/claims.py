@@ -8,8 +8,8 @@ import json
 from .analysis import bootstrap_delta, bootstrap_did, verdict, VERDICT_RULE
 
 # %% auto #0
-__all__ = ['CLAIM_TEXT', 'GAP_METRIC', 'compare_rows', 'compare_shortcut', 'claim_specs', 'claim_record', 'judge_claims',
-           'claim_context', 'claims_json', 'claim_evidence', 'claims_markdown']
+__all__ = ['CLAIM_TEXT', 'GAP_METRIC', 'NAIVE_ROWS', 'compare_rows', 'compare_shortcut', 'claim_specs', 'claim_record',
+           'judge_claims', 'claim_context', 'claims_json', 'claim_evidence', 'claims_markdown']
 
 # %% ../nbs/17_claims.ipynb #c006
 def compare_rows(rows: dict, a: str, b: str, n_boot: int = 2000, alpha: float = 0.05) -> dict | None:
@@ -31,11 +31,15 @@ CLAIM_TEXT = {1: "Naively generated negatives degrade retrieval compared with mi
               4: "The entropy term shrinks the source shortcut, and mined + CoT + entropy beats mined-only."}
 GAP_METRIC = "probe gap (mean q.gen - mean q.mined)"
 
-def claim_specs(lambda_ent: float, lambda_effective: float) -> list:
+NAIVE_ROWS = ("mined_naive", "mined_naive_pos")  # query-only prompt, or the prompt that also sees the positive
+
+def claim_specs(lambda_ent: float, lambda_effective: float, naive_row: str = "mined_naive") -> list:
     "(claim, part, row, reference, claimed sign, measure 'ndcg' or 'gap') of every verdict, in the order of the report."
-    specs = [(1, None, "mined_naive", "mined", -1, "ndcg"),
+    if naive_row not in NAIVE_ROWS:
+        raise ValueError(f"naive_row must be one of {NAIVE_ROWS} (the unmasked mined + naive rows), got {naive_row!r}: set tables.naive_row in params.yaml.")
+    specs = [(1, None, naive_row, "mined", -1, "ndcg"),
              (2, None, "mined_cot", "mined", -1, "gap"),
-             (3, None, "mined_cot", "mined_naive", +1, "ndcg")]
+             (3, None, "mined_cot", naive_row, +1, "ndcg")]
     for row, lam in (("causalneg", lambda_ent), ("causalneg_eff", lambda_effective)):
         specs += [(4, f"shortcut shrinks (lambda={lam:g})", row, "mined_cot", +1, "gap"),
                   (4, f"beats mined-only (lambda={lam:g})", row, "mined", +1, "ndcg")]
@@ -55,10 +59,11 @@ def claim_record(num: int, part, text: str, comparison: str, sign: int, res: dic
 
 # %% ../nbs/17_claims.ipynb #c016
 def judge_claims(ndcg: dict, shortcuts: dict, seeds: list, delta: float, delta_shortcut: float, lambda_ent: float,
-                 lambda_effective: float, claim_split: str = "test", n_boot: int = 2000, alpha: float = 0.05) -> list:
+                 lambda_effective: float, claim_split: str = "test", n_boot: int = 2000, alpha: float = 0.05,
+                 naive_row: str = "mined_naive") -> list:
     "The claim objects of reports/claims.json from the claim split's nDCG@10 row table and the probe's shortcut table."
     out = []
-    for num, part, row, ref, sign, measure in claim_specs(lambda_ent, lambda_effective):
+    for num, part, row, ref, sign, measure in claim_specs(lambda_ent, lambda_effective, naive_row):
         if measure == "gap": res, metric, smallest = compare_shortcut(shortcuts, row, ref, n_boot, alpha), GAP_METRIC, delta_shortcut
         else: res, metric, smallest = compare_rows(ndcg, row, ref, n_boot, alpha), f"{claim_split} nDCG@10", delta
         out.append(claim_record(num, part, CLAIM_TEXT[num], f"{row} - {ref}", sign, res, metric, smallest, seeds))
@@ -68,7 +73,10 @@ def claim_context(ndcg: dict, shortcuts: dict, n_boot: int = 2000, alpha: float 
     "Comparisons a reader needs next to the verdicts (None where a row was not run)."
     return {"claim2_vs_zeroshot": compare_shortcut(shortcuts, "mined_cot", "zeroshot", n_boot, alpha),
             "matched_count": compare_rows(ndcg, "mined_matched", "mined", n_boot, alpha),
-            "cot_vs_matched": compare_rows(ndcg, "mined_cot", "mined_matched", n_boot, alpha)}
+            "cot_vs_matched": compare_rows(ndcg, "mined_cot", "mined_matched", n_boot, alpha),
+            "naive_prompt": compare_rows(ndcg, "mined_naive_pos", "mined_naive", n_boot, alpha),
+            "masking": compare_rows(ndcg, "mined_naive_pos_masked", "mined_naive_pos", n_boot, alpha),
+            "masking_query_only": compare_rows(ndcg, "mined_naive_masked", "mined_naive", n_boot, alpha)}
 
 # %% ../nbs/17_claims.ipynb #c019
 def claims_json(claims: list) -> str:
@@ -86,7 +94,10 @@ def _context_lines(context: dict, claim_split: str) -> list:
     "The context comparisons that were run, as short sentences."
     nd, out = f"{claim_split} nDCG@10", []
     for key, what in (("claim2_vs_zeroshot", "mined + CoT vs zero-shot, probe gap"), ("matched_count", f"mined at a matched count vs mined, {nd}"),
-                      ("cot_vs_matched", f"mined + CoT vs mined at a matched count, {nd}")):
+                      ("cot_vs_matched", f"mined + CoT vs mined at a matched count, {nd}"),
+                      ("naive_prompt", f"naive prompt that sees the positive vs query-only (mined_naive_pos - mined_naive), {nd}"),
+                      ("masking", f"fake-negative masking on the positive-aware naive row (mined_naive_pos_masked - mined_naive_pos), {nd}"),
+                      ("masking_query_only", f"fake-negative masking on the query-only naive row (mined_naive_masked - mined_naive), {nd}")):
         d = context.get(key)
         if d: out.append(f"{what}: {d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
     return out

@@ -151,7 +151,8 @@ SCHEMA = {
                     "taus": listof(positive()), "seeds": listof(count(), 1), "n_mined": count(), "n_gen": count(),
                     "lambda_ent": num(0), "lambda_effective": num(0), "train_queries": optional(count()),
                     "settings": RUN_SETTINGS},
-    "tables": {"reference": name, "alpha": num(0, 1, lo_open=True), "delta": num(0), "delta_shortcut": num(0),
+    "tables": {"reference": name, "naive_row": choice("mined_naive", "mined_naive_pos"), "alpha": num(0, 1, lo_open=True),
+               "delta": num(0), "delta_shortcut": num(0),
                "n_boot": count(1)},
 }
 

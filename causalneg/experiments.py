@@ -10,8 +10,8 @@ from pathlib import Path
 from .variants import GENERATORS
 
 # %% auto #0
-__all__ = ['SETTINGS_RENAMED', 'RunSettings', 'read_pools', 'training_queries', 'run_code', 'run_key', 'train_distributed',
-           'probe_sets', 'variant_train_config', 'run_variant']
+__all__ = ['SETTINGS_RENAMED', 'RunSettings', 'read_pools', 'training_queries', 'run_code', 'example_texts', 'run_key',
+           'train_distributed', 'probe_sets', 'variant_train_config', 'run_variant']
 
 # %% ../nbs/13_experiments.ipynb #c005
 @dataclass
@@ -73,15 +73,20 @@ def run_code() -> dict:
     from causalneg.provenance import code_fingerprint
     return code_fingerprint(["causalneg.experiments"])
 
-def run_key(variant, seed: int, settings: RunSettings, examples: list, code: str | None = None) -> str:
-    "Hash of what determines a run's result: code, recipe, seed, settings and the exact training texts."
+def example_texts(examples: list) -> list:
+    "What a run reads of its examples: query, positive and each negative's source and text."
+    return [[ex["query"], ex["positive"], [(n["source"], n["text"]) for n in ex["negatives"]]] for ex in examples]
+
+def run_key(variant, seed: int, settings: RunSettings, examples: list, code: str | None = None, evaluated: dict | None = None) -> str:
+    "Hash of what determines a run's result: code, recipe, seed, settings, the exact training texts and what it is `evaluated` on."
     code = code or run_code()["_all"]
     from causalneg.encoders import resolve_device
     # the device the run resolves to, not the setting: 'auto' trains on a GPU on one machine and on the CPU on another
     where = {**asdict(settings), "device": resolve_device(settings.device)}
     h = hashlib.sha256(json.dumps([code, asdict(variant), seed, where], sort_keys=True, default=str).encode())
-    for ex in examples:
-        h.update(json.dumps([ex["query"], ex["positive"], [(n["source"], n["text"]) for n in ex["negatives"]]]).encode())
+    for ex in example_texts(examples): h.update(json.dumps(ex).encode())
+    # the pool and probe texts live in files the settings only name: a regenerated probe set is a new run
+    if evaluated: h.update(json.dumps(evaluated, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/13_experiments.ipynb #c008
@@ -146,8 +151,11 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     s, out = settings, Path(out_dir)
     queries = queries if queries is not None else training_queries(s.negatives_dir)
     examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, "train"), s.drop_reasons) if variant.train else []
+    probes = {gen: variant_examples(Variant("probe", "probe", {"mined": s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
+              for gen, (probe_queries, probe_pools) in probe_sets(s, queries).items()}
+    pool = json.loads(Path(s.eval_pool).read_text())["doc_ids"] if s.eval_pool else None
     code = run_code()
-    key = run_key(variant, seed, s, examples, code["_all"])
+    key = run_key(variant, seed, s, examples, code["_all"], evaluated={"pool": pool, "probes": {g: example_texts(p) for g, p in probes.items()}})
     done = out / "run.json"
     if done.exists() and not force:
         rec = json.loads(done.read_text())
@@ -161,13 +169,11 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
         log = [r for r in json.loads(Path(cfg.output_dir, "train_summary.json").read_text())["log_history"] if "loss" in r]
     train_seconds = time.time() - t0; t0 = time.time()
     encoder = load_encoder(model_path, device=s.device, num_threads=s.threads, max_seq_length=s.eval_max_seq_length)
-    pool = json.loads(Path(s.eval_pool).read_text())["doc_ids"] if s.eval_pool else None
     metrics = evaluate_encoder(encoder, s.benchmark, splits=s.eval_splits, out_dir=out, cache=s.cache_dir, n_distractors=s.n_distractors,
                                subset_seed=s.subset_seed, max_queries=s.max_queries, tag=f"{variant.name}-s{seed}",
                                show_progress=True, pool=pool)
     shortcut, probe_rows = {}, []
-    for gen, (probe_queries, probe_pools) in probe_sets(s, queries).items():
-        probe = variant_examples(Variant("probe", "probe", {"mined": s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
+    for gen, probe in probes.items():
         qids, sim, is_gen, src = negative_similarities(encoder, probe, cache=s.cache_dir)
         shortcut[gen] = shortcut_metrics(qids, sim, is_gen)
         probe_rows += [[gen, q, round(float(x), 6), y] for q, x, y in zip(qids, sim, src)]

@@ -91,6 +91,27 @@ def test_specs_name_the_comparison_of_each_claim():
     assert specs[(3, None)] == ("mined_cot", "mined_naive", +1, "ndcg")
     assert specs[(4, "beats mined-only (lambda=0.05)")] == ("causalneg", "mined", +1, "ndcg")
     assert specs[(4, "shortcut shrinks (lambda=0.4)")] == ("causalneg_eff", "mined_cot", +1, "gap")
+    # the profile picks which naive row claims 1 and 3 judge; the other claims do not move
+    pos = {(n, p): (r, ref) for n, p, r, ref, _, _ in claim_specs(0.05, 0.4, naive_row="mined_naive_pos")}
+    assert pos[(1, None)] == ("mined_naive_pos", "mined") and pos[(3, None)] == ("mined_cot", "mined_naive_pos")
+    assert {k: v for k, v in pos.items() if k[0] in (2, 4)} == {k: v[:2] for k, v in specs.items() if k[0] in (2, 4)}
+    with pytest.raises(ValueError, match="tables.naive_row"):
+        claim_specs(0.05, 0.4, naive_row="mined_naive_pos_masked")  # a masked row would mix the prompt with the loss
+
+
+def test_context_isolates_the_authors_two_baseline_choices():
+    ndcg = {
+        **BASE,
+        "mined_naive": row(-0.2, seed=5),
+        "mined_naive_pos": row(-0.05, seed=6),
+        "mined_naive_pos_masked": row(0.0, seed=7),
+    }
+    ctx = claim_context(ndcg, GAPS, n_boot=300)
+    assert ctx["naive_prompt"]["ci_low"] > 0  # the prompt that sees the positive hurts less than the query-only one
+    assert ctx["masking"]["delta"] > 0 and ctx["masking_query_only"] is None  # mined_naive_masked was not run
+    line = claims_markdown(judge(ndcg, GAPS), ctx, "C.", 0.01, 0.01)[-1]
+    assert "(mined_naive_pos - mined_naive)" in line and "(mined_naive_pos_masked - mined_naive_pos)" in line
+    assert "mined_naive_masked - mined_naive" not in line
 
 
 def test_report_files():
@@ -138,6 +159,7 @@ def test_committed_verdicts_recompute_from_the_committed_per_query_files():
         "test",
         t["n_boot"],
         t["alpha"],
+        naive_row=t.get("naive_row", "mined_naive"),
     )
     assert [(c["claim"], c["part"], c["verdict"]) for c in again] == [(c["claim"], c["part"], c["verdict"]) for c in committed]
     for a, c in zip(again, committed):
