@@ -152,7 +152,7 @@ SCHEMA = {
                     "lambda_ent": num(0), "lambda_effective": num(0), "train_queries": optional(count()),
                     "settings": RUN_SETTINGS},
     "tables": {"reference": name, "naive_row": choice("mined_naive", "mined_naive_pos"), "alpha": num(0, 1, lo_open=True),
-               "delta": num(0), "delta_shortcut": num(0),
+               "delta": num(0), "delta_pref": num(0),
                "n_boot": count(1)},
 }
 
