@@ -120,7 +120,7 @@ RUN_SETTINGS = {
     "n_distractors": optional(count()), "eval_pool": optional(folder), "max_queries": optional(count()), "subset_seed": count(),
     "threads": count(1), "device": device, "nproc_per_node": count(1), "cache_dir": folder, "models_dir": folder,
     "drop_reasons": either(choice("all"), listof(name)), "probe_n_mined": count(), "probe_n_gen": count(),
-    "probe_train_range": optional(listof(count())),
+    "probe_train_range": optional(listof(count())), "source_bias": optional(folder),
 }
 
 # causalneg.llm.LLMConfig (its own checks then run on the values: ranges, the key variable's name, the URL)

@@ -11,7 +11,8 @@ from .variants import GENERATORS
 
 # %% auto #0
 __all__ = ['SETTINGS_RENAMED', 'RunSettings', 'read_pools', 'training_queries', 'run_code', 'example_texts', 'run_key',
-           'train_distributed', 'probe_sets', 'variant_train_config', 'run_variant']
+           'train_distributed', 'probe_sets', 'file_digest', 'probe_qids', 'read_rewrites', 'rewrite_preference',
+           'variant_train_config', 'run_variant']
 
 # %% ../nbs/13_experiments.ipynb #c005
 @dataclass
@@ -51,6 +52,9 @@ class RunSettings:
     probe_n_mined: int = 3
     probe_n_gen: int = 3
     probe_train_range: list | None = field(default_factory=lambda: [250, 300])  # [start, stop): train-part queries never trained on, added to the probe
+    # a Cocktail-format folder or zip (human passages, their LLM rewrites, queries, graded qrels) every model is scored on
+    # for source preference with the content held fixed; None: skip
+    source_bias: str | None = "data/cocktail/nq-utd.zip"
 
 # %% ../nbs/13_experiments.ipynb #c006
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
@@ -124,6 +128,44 @@ def probe_sets(settings: RunSettings, train_queries: list) -> dict:
         out[gen] = (qs, pools)
     return out
 
+# %% ../nbs/13_experiments.ipynb #fd45845f
+def file_digest(path) -> str:
+    "sha256 of a file, or of every file under a folder (names and bytes, in sorted order)."
+    p, h = Path(path), hashlib.sha256()
+    if not p.exists(): raise FileNotFoundError(f"{p}: not found (settings.source_bias names a Cocktail-format folder or zip).")
+    for f in sorted(x for x in ([p] if p.is_file() else p.rglob("*")) if x.is_file()):
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode()); h.update(f.read_bytes())
+    return h.hexdigest()
+
+def probe_qids(settings: RunSettings, train_queries: list) -> set:
+    "Query ids of the shortcut probe: every held-out query plus the train queries of `probe_train_range`."
+    s = settings
+    held = {q["qid"] for q in training_queries(s.negatives_dir, "heldout")}
+    if not s.probe_train_range: return held
+    start, stop = s.probe_train_range
+    return held | {q["qid"] for q in training_queries(s.negatives_dir, "train")[start:stop]}
+
+def read_rewrites(generated_dir, qids: set) -> list:
+    "Unflagged LLM rewrites of the positives of `qids` (both parts' `*_rewrites.jsonl`; none when not generated)."
+    from causalneg.records import read_records
+    out = []
+    for part in ("heldout", "train"):
+        f = Path(generated_dir, f"{part}_rewrites.jsonl")
+        if f.exists(): out += [r for r in read_records(f) if r["qid"] in qids and r.get("rewrite") and not r.get("flags")]
+    return sorted(out, key=lambda r: r["qid"])
+
+def rewrite_preference(encoder, rewrites: list, cache=None) -> dict:
+    "{qid: q.positive - q.rewrite} under `encoder`: how much more it likes the human text than the same content rewritten."
+    import numpy as np
+    from causalneg.encoders import encode
+    if not rewrites: return {}
+    q = encode(encoder, [r["query"] for r in rewrites], "query", cache, show_progress=False)
+    docs = encode(encoder, [r["positive"] for r in rewrites] + [r["rewrite"] for r in rewrites], "document", cache, show_progress=False)
+    n = len(rewrites)
+    diff = np.einsum("nd,nd->n", q, docs[:n]) - np.einsum("nd,nd->n", q, docs[n:])
+    return {r["qid"]: round(float(d), 6) for r, d in zip(rewrites, diff)}
+
+
 # %% ../nbs/13_experiments.ipynb #h2cfg1
 SETTINGS_RENAMED = {"threads": "num_threads"}  # RunSettings name -> TrainConfig name
 
@@ -148,14 +190,19 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
     from causalneg.encoders import load_encoder, set_threads
     from causalneg.eval import evaluate_encoder
     from causalneg.analysis import negative_similarities, shortcut_metrics
+    from causalneg.source_bias import load_cocktail, source_preference
     s, out = settings, Path(out_dir)
     queries = queries if queries is not None else training_queries(s.negatives_dir)
     examples = variant_examples(variant, queries, read_pools(s.negatives_dir, s.generated_dir, "train"), s.drop_reasons) if variant.train else []
     probes = {gen: variant_examples(Variant("probe", "probe", {"mined": s.probe_n_mined, gen: s.probe_n_gen}), probe_queries, probe_pools, s.drop_reasons)
               for gen, (probe_queries, probe_pools) in probe_sets(s, queries).items()}
     pool = json.loads(Path(s.eval_pool).read_text())["doc_ids"] if s.eval_pool else None
+    rewrites = read_rewrites(s.generated_dir, probe_qids(s, queries))
     code = run_code()
-    key = run_key(variant, seed, s, examples, code["_all"], evaluated={"pool": pool, "probes": {g: example_texts(p) for g, p in probes.items()}})
+    key = run_key(variant, seed, s, examples, code["_all"], evaluated={
+        "pool": pool, "probes": {g: example_texts(p) for g, p in probes.items()},
+        "source_bias": file_digest(s.source_bias) if s.source_bias else None,
+        "rewrites": [[r["qid"], r["query"], r["positive"], r["rewrite"]] for r in rewrites]})
     done = out / "run.json"
     if done.exists() and not force:
         rec = json.loads(done.read_text())
@@ -177,10 +224,14 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
         qids, sim, is_gen, src = negative_similarities(encoder, probe, cache=s.cache_dir)
         shortcut[gen] = shortcut_metrics(qids, sim, is_gen)
         probe_rows += [[gen, q, round(float(x), 6), y] for q, x, y in zip(qids, sim, src)]
+    t_bias = time.time()
+    bias = source_preference(encoder, load_cocktail(s.source_bias), cache=s.cache_dir) if s.source_bias else None
+    own = rewrite_preference(encoder, rewrites, cache=s.cache_dir)
     rec = {"key": key, "code": code, "variant": variant.name, "label": variant.label, "seed": seed, "recipe": asdict(variant),
            "negatives": negative_counts(examples) if examples else {}, "metrics": metrics, "shortcut": shortcut,
-           "probe_similarities": probe_rows, "train_log": log, "train_seconds": round(train_seconds, 1),
-           "eval_seconds": round(time.time() - t0, 1)}
+           "probe_similarities": probe_rows, "source_bias": bias, "rewrite_preference": own, "train_log": log,
+           "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.time() - t0, 1),
+           "source_bias_seconds": round(time.time() - t_bias, 1)}
     out.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(rec, default=str) + "\n")
     return rec

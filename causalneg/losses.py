@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['SOURCES', 'GENERATED_SOURCES', 'PAD_CODE', 'source_codes', 'encode_sources', 'generated_mask', 'info_nce_per_sample',
-           'info_nce', 'query_view_terms', 'entropy_objective', 'query_view_entropy', 'diagnostic_keys',
-           'entropy_diagnostics', 'fake_negative_mask', 'CausalNegLoss']
+           'info_nce', 'query_view_terms', 'entropy_objective', 'query_view_entropy', 'infonce_query_gradients',
+           'gradient_diagnostics', 'diagnostic_keys', 'entropy_diagnostics', 'fake_negative_mask', 'CausalNegLoss']
 
 # %% ../nbs/08_losses.ipynb #c006
 # naive_pos (the naive prompt that also sees the positive) comes last, so the older codes keep their values
@@ -141,6 +141,27 @@ def query_view_entropy(q: Tensor, negs: Tensor, is_generated: Tensor, valid: Ten
     per = entropy_objective(t, entropy_term, balance_term)
     return per.sum() / t["has_gen"].sum().clamp(min=1) + t["anchor"]
 
+# %% ../nbs/08_losses.ipynb #acbfa1bc
+@torch.no_grad()
+def infonce_query_gradients(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor, temperature: float = 0.05) -> tuple:
+    "Per-sample InfoNCE gradient w.r.t. the query, split by candidate: (positive's part [B,D], each negative's part [B,K,D])."
+    logits = torch.cat([(q * pos).sum(-1, keepdim=True), (negs * q[:, None, :]).sum(-1).masked_fill(~valid, float("-inf"))], 1)
+    p = torch.softmax(logits / temperature, dim=1)
+    return (p[:, :1] - 1) * pos / temperature, p[:, 1:, None] * negs / temperature
+
+@torch.no_grad()
+def gradient_diagnostics(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor, gen: Tensor, temperature: float = 0.05) -> dict:
+    "Gradient share of the generated negatives and its cosine with the positive's pull, as {name: (sum, count)}."
+    g_pos, g_neg = infonce_query_gradients(q.float(), pos.float(), negs.float(), valid, temperature)
+    g_gen = (g_neg * (gen & valid)[..., None]).sum(1)
+    total = g_pos + g_neg.sum(1)
+    has = (gen & valid).any(1)
+    share = g_gen.norm(dim=-1) / total.norm(dim=-1).clamp(min=1e-12)
+    cos = F.cosine_similarity(-g_pos, g_gen, dim=-1, eps=1e-12)
+    m = has.float()
+    return {"grad_share_gen": ((share * m).sum(), m.sum()), "grad_cos_pos_gen": ((cos * m).sum(), m.sum())}
+
+
 # %% ../nbs/08_losses.ipynb #c021
 def diagnostic_keys(sources: Sequence[str] = SOURCES) -> list:
     "Names of the diagnostics `entropy_diagnostics` returns (a fixed order, identical on every process)."
@@ -150,7 +171,8 @@ def diagnostic_keys(sources: Sequence[str] = SOURCES) -> list:
 @torch.no_grad()
 def entropy_diagnostics(q: Tensor, pos: Tensor, negs: Tensor, labels: Tensor, temperature: float = 0.1,
                         sources: Sequence[str] = SOURCES, generated_sources: Sequence[str] = GENERATED_SOURCES,
-                        entropy_term: bool = True, balance_term: bool = True) -> dict:
+                        entropy_term: bool = True, balance_term: bool = True, nce_temperature: float = 0.05,
+                        valid_nce: Tensor | None = None) -> dict:
     "Batch diagnostics as {name: (sum, count)} float tensors (see `diagnostic_keys`)."
     valid = labels >= 0
     gen = generated_mask(labels, sources, generated_sources) & valid
@@ -174,6 +196,7 @@ def entropy_diagnostics(q: Tensor, pos: Tensor, negs: Tensor, labels: Tensor, te
     out |= {"sim_gen_mined": pm(gen, mined, False), "sim_gen_gen": pm(gen, gen, True),
             "sim_mined_mined": pm(mined, mined, True),
             "frac_with_gen": (n_hg, torch.tensor(float(q.shape[0]), device=q.device))}
+    out |= gradient_diagnostics(q, pos, negs, valid if valid_nce is None else valid_nce & valid, gen, nce_temperature)
     return {k: out[k] for k in diagnostic_keys(sources)}
 
 # %% ../nbs/08_losses.ipynb #c024
@@ -374,7 +397,8 @@ def compute_loss_from_embeddings(self: CausalNegLoss, q: Tensor, pos: Tensor, ne
         out["lambda_entropy"] = self.lambda_ent * (ent_sum * (world / n[1].clamp(min=1)) + terms["anchor"])
     if training and self.track_diagnostics:
         self._accumulate(entropy_diagnostics(q, pos, negs, labels, self.tau_ent, self.sources,
-                                             self.generated_sources, self.entropy_term, self.balance_term))
+                                             self.generated_sources, self.entropy_term, self.balance_term,
+                                             self.temperature, valid_nce))
         if self.mask_margin is not None: self._count_masked(valid, valid_nce)
     return out
 

@@ -29,7 +29,9 @@ def _v(name, label, lam=0.0, mask=None, **neg): return Variant(name, label, neg,
 
 AUTHORS_MASK_MARGIN = 0.1  # the authors' baseline script masks negatives scoring above the positive + 0.1
 
-# The main table, in the order of the architecture document. `M`/`G` are filled from params (N_m, N_g).
+# The main table, in the order of the architecture document, each entropy row right after the same negatives without
+# the term. `M`/`G` are filled from params (N_m, N_g). The entropy rows on naive negatives train at `lambda_effective`:
+# the term is tried at the weight the authors trained with where the probe shows a source effect for it to remove.
 def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_effective: float = 0.4,
                   mask_margin: float = AUTHORS_MASK_MARGIN) -> list:
     "The main-table rows for N_m mined and N_g generated negatives per query."
@@ -41,14 +43,16 @@ def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_eff
             _v("naive", "naive-generated", naive=G),
             _v("cot", "CoT-generated", causalneg=G),
             _v("mined_naive", "mined + naive", mined=M, naive=G),
+            _v("mined_naive_ent", f"mined + naive + entropy (lambda={lambda_effective:g})", lambda_effective, mined=M, naive=G),
             _v("mined_naive_masked", f"mined + naive, fake negatives masked (margin {mm:g})", mask=mm, mined=M, naive=G),
             _v("mined_naive_pos", "mined + naive (the prompt sees the positive)", mined=M, naive_pos=G),
+            _v("mined_naive_pos_ent", f"mined + naive (sees the positive) + entropy (lambda={lambda_effective:g})", lambda_effective,
+               mined=M, naive_pos=G),
             _v("mined_naive_pos_masked", f"mined + naive (sees the positive), masked ({mm:g}): the authors' baseline", mask=mm,
                mined=M, naive_pos=G),
             _v("mined_cot", "mined + CoT", mined=M, causalneg=G),
             _v("causalneg", "mined + CoT + entropy (CausalNeg)", lambda_ent, mined=M, causalneg=G),
-            _v("causalneg_eff", f"CausalNeg at the effective weight (lambda={lambda_effective:g})", lambda_effective, mined=M, causalneg=G),
-            _v("mined_naive_ent", "mined + naive + entropy", lambda_ent, mined=M, naive=G)]
+            _v("causalneg_eff", f"CausalNeg at the effective weight (lambda={lambda_effective:g})", lambda_effective, mined=M, causalneg=G)]
 
 SWEEPS = {"lambda": "causalneg_lambda_", "tau": "causalneg_tau_"}  # sweep kind -> the prefix of its rows' names
 
