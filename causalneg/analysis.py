@@ -10,7 +10,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['VERDICT_RULE', 'mutual_information', 'auc', 'within_query_auc', 'auc_permutation_p', 'shortcut_metrics',
            'negative_similarities', 'paired_test', 'mean_over_seeds', 'format_mean_std', 'significance_mark',
-           'bootstrap_delta', 'verdict', 'per_query_shortcut', 'bootstrap_did', 'mde_paired']
+           'quantile_mc_se', 'bootstrap_p', 'equivalence_p', 'bootstrap_delta', 'verdict', 'holm', 'adjusted_verdict',
+           'strength', 'per_query_shortcut', 'bootstrap_did', 'mde_paired']
 
 # %% ../nbs/12_analysis.ipynb #c005
 def mutual_information(similarity, is_generated, bins: int = 10, min_per_bin: int = 20) -> float:
@@ -133,37 +134,88 @@ def _draw_weights(rng, n_boot: int, k: int) -> np.ndarray:
     idx = rng.integers(0, k, (n_boot, k)) + k * np.arange(n_boot)[:, None]
     return np.bincount(idx.ravel(), minlength=n_boot * k).reshape(n_boot, k) / k
 
+def _seed_weights(rng, n_boot: int, seeds_a: list, seeds_b: list) -> tuple:
+    "(a's seed weights, b's seed weights, paired): one draw for both rows, aligned by seed id, when they share their seed ids."
+    if set(seeds_a) == set(seeds_b):
+        w = _draw_weights(rng, n_boot, len(seeds_a))
+        return w, w[:, [seeds_a.index(s) for s in seeds_b]], True
+    return _draw_weights(rng, n_boot, len(seeds_a)), _draw_weights(rng, n_boot, len(seeds_b)), False
+
+def _replicates(A: np.ndarray, B: np.ndarray, wa: np.ndarray, wb: np.ndarray, rng, chunk: int = 1_000_000) -> np.ndarray:
+    "Each replicate's mean over one query draw of (a's seed-weighted mean - b's), drawn in chunks of about `chunk` weights."
+    n_boot, n = len(wa), A.shape[1]
+    step, out = max(1, chunk // n), np.empty(len(wa))
+    for i in range(0, n_boot, step):
+        j = min(i + step, n_boot)
+        out[i:j] = np.einsum("ij,ij->i", wa[i:j] @ A - wb[i:j] @ B, _draw_weights(rng, j - i, n))
+    return out
+
+# %% ../nbs/12_analysis.ipynb #c121
+def quantile_mc_se(reps, p: float) -> float:
+    "Monte Carlo SE of the p-quantile of replicates `reps`: half the distance between the sorted replicates at ranks B*p -/+ sqrt(B*p*(1-p))."
+    r = np.sort(np.asarray(reps, dtype=float)); B = len(r)
+    if B < 2 or not 0 < p < 1: raise ValueError(f"need at least 2 replicates and 0 < p < 1, got {B} and {p}")
+    m, c = B * p, math.sqrt(B * p * (1 - p))
+    lo, hi = min(B, max(1, math.floor(m - c))), min(B, max(1, math.ceil(m + c)))   # 1-based ranks
+    return float(r[hi - 1] - r[lo - 1]) / 2
+
+def bootstrap_p(reps) -> float:
+    "Two-sided bootstrap p-value of H0 difference = 0: 2 * min(#reps <= 0, #reps >= 0), each + 1, over B + 1, capped at 1."
+    r = np.asarray(reps, dtype=float)
+    return float(min(1.0, 2 * min((r <= 0).sum() + 1, (r >= 0).sum() + 1) / (len(r) + 1)))
+
+def equivalence_p(reps, delta: float) -> float:
+    "TOST p-value of H0 |difference| >= delta: the larger of (#reps >= delta) + 1 and (#reps <= -delta) + 1, over B + 1."
+    if not delta > 0: raise ValueError(f"delta must be > 0, got {delta!r}")
+    r = np.asarray(reps, dtype=float)
+    return float(max((r >= delta).sum() + 1, (r <= -delta).sum() + 1) / (len(r) + 1))
+
 # %% ../nbs/12_analysis.ipynb #c103
-def bootstrap_delta(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
-    "Paired query x seed bootstrap of mean(a) - mean(b) for rows {seed: {qid: score}} on their shared queries."
+def bootstrap_delta(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05, delta: float | None = None) -> dict:
+    "Paired query x seed bootstrap of mean(a) - mean(b) for rows {seed: {qid: score}} on their shared queries (seeds paired when shared)."
     sa, qa = _score_matrix(a, "a"); sb, qb = _score_matrix(b, "b")
     qs = sorted(qa & qb, key=str)
     if len(qs) < 2: raise ValueError(f"need at least 2 queries shared by rows a ({len(qa)} queries) and b ({len(qb)}), got {len(qs)}")
     A = np.array([[a[s][q] for q in qs] for s in sa], dtype=float)
     B = np.array([[b[s][q] for q in qs] for s in sb], dtype=float)
     if not (np.isfinite(A).all() and np.isfinite(B).all()): raise ValueError("scores must be finite (found nan or inf)")
-    rng, n = np.random.default_rng(seed), len(qs)
-    wq = _draw_weights(rng, n_boot, n)                          # one query draw for both rows: paired
-    wa, wb = _draw_weights(rng, n_boot, len(sa)), _draw_weights(rng, n_boot, len(sb))  # seeds, per row
-    reps = ((wa @ A - wb @ B) * wq).sum(1)
+    rng = np.random.default_rng(seed)
+    wa, wb, paired = _seed_weights(rng, n_boot, sa, sb)
+    reps = _replicates(A, B, wa, wb, rng)                        # one query draw per replicate, shared by both rows
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     se = float(reps.std(ddof=1))
-    return {"delta": float(A.mean() - B.mean()), "ci_low": float(lo), "ci_high": float(hi), "se": se,
-            "mde": (_z(1 - alpha / 2) + _z(0.8)) * se, "n_queries": n, "seeds_a": sa, "seeds_b": sb}
+    return {"delta": float(A.mean() - B.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "ci_low_mc": quantile_mc_se(reps, alpha / 2), "ci_high_mc": quantile_mc_se(reps, 1 - alpha / 2),
+            "se": se, "mde": (_z(1 - alpha / 2) + _z(0.8)) * se, "p_value": bootstrap_p(reps),
+            "p_equivalence": None if delta is None else equivalence_p(reps, delta),
+            "n_queries": len(qs), "seeds_a": sa, "seeds_b": sb, "paired_seeds": paired, "n_boot": n_boot}
 
 # %% ../nbs/12_analysis.ipynb #c107
 VERDICT_RULE = ("Each claim states a direction (+1: the row is higher than its reference, -1: lower) and a smallest "
-    "effect of interest delta > 0 before the runs. The verdict comes from the 95% paired query x seed bootstrap CI "
-    "of the difference: 'supported' when the CI excludes 0 in the claimed direction (ci_low > 0 for +1, ci_high < 0 "
-    "for -1); 'contradicted' when it excludes 0 in the opposite direction; otherwise 'no effect' when the whole CI "
-    "lies inside [-delta, +delta] (any effect is smaller than what the claim cares about); otherwise 'inconclusive' "
-    "(the data cannot tell, typically because the minimum detectable effect exceeds delta).")
+    "effect of interest delta > 0 before the runs. Each comparison is a paired bootstrap of the difference with "
+    "10,000 replicates: a replicate draws the queries (or pairs) with replacement once for both rows and, when both "
+    "rows were trained on the same seeds (seed s fixes the data order in every row), one draw of seeds for both, "
+    "aligned by seed id (otherwise each row's seeds independently); each bound of the 95% percentile CI comes with "
+    "its Monte Carlo error. The unadjusted verdict reads the CI: 'supported' when it excludes 0 in the claimed "
+    "direction (ci_low > 0 for +1, ci_high < 0 for -1); 'contradicted' when it excludes 0 in the opposite direction; "
+    "otherwise 'no effect' when the whole CI lies inside [-delta, +delta] (any effect is smaller than what the claim "
+    "cares about); otherwise 'inconclusive' (the data cannot tell, typically because the minimum detectable effect "
+    "exceeds delta). The headline verdict adjusts for the pre-stated family of comparisons with Holm's step-down "
+    "method: 'supported' or 'contradicted' (by the sign of the difference) when the Holm-adjusted bootstrap p-value "
+    "of 'difference = 0' is below 0.05; otherwise 'no effect' when the Holm-adjusted equivalence (two one-sided "
+    "tests) p-value of '|difference| >= delta' is below 0.025, the CI rule's two 2.5% tails; otherwise "
+    "'inconclusive'. A supported or contradicted verdict has a strength: 'at least delta' when the CI also excludes "
+    "delta in that direction, else 'non-zero only'.")
 
-def verdict(ci_low: float, ci_high: float, claimed_sign: int, delta: float) -> str:
-    "'supported', 'contradicted', 'no effect' or 'inconclusive' for a CI against a signed claim (see `VERDICT_RULE`)."
+def _check_claim(claimed_sign: int, delta: float):
+    "Raise unless `claimed_sign` is +1 or -1 and `delta` is a finite number > 0."
     if isinstance(claimed_sign, bool) or claimed_sign not in (1, -1): raise ValueError(f"claimed_sign must be +1 or -1, got {claimed_sign!r}")
     if not (isinstance(delta, (int, float, np.number)) and math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta (smallest effect of interest) must be a finite number > 0, got {delta!r}")
+
+def verdict(ci_low: float, ci_high: float, claimed_sign: int, delta: float) -> str:
+    "'supported', 'contradicted', 'no effect' or 'inconclusive' for a CI against a signed claim (see `VERDICT_RULE`)."
+    _check_claim(claimed_sign, delta)
     if not (math.isfinite(ci_low) and math.isfinite(ci_high)) or ci_low > ci_high:
         raise ValueError(f"need finite ci_low <= ci_high, got [{ci_low!r}, {ci_high!r}]")
     lo, hi = (ci_low, ci_high) if claimed_sign == 1 else (-ci_high, -ci_low)   # flip so the claim is "higher"
@@ -171,6 +223,32 @@ def verdict(ci_low: float, ci_high: float, claimed_sign: int, delta: float) -> s
     if hi < 0: return "contradicted"
     if -delta <= ci_low and ci_high <= delta: return "no effect"
     return "inconclusive"
+
+# %% ../nbs/12_analysis.ipynb #c125
+def holm(p_values) -> list:
+    "Holm step-down adjusted p-values, in the order given (monotone in the sorted order, capped at 1)."
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or not ((p >= 0) & (p <= 1)).all(): raise ValueError(f"p-values must be a list of numbers in [0, 1], got {p_values!r}")
+    order, m = np.argsort(p, kind="stable"), len(p)
+    out = np.empty(m)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out.tolist()
+
+# %% ../nbs/12_analysis.ipynb #c127
+def adjusted_verdict(delta_hat: float, p_holm: float, p_equiv_holm: float | None, claimed_sign: int, alpha: float = 0.05) -> str:
+    "The headline verdict from Holm-adjusted p-values: significant difference by its sign, else equivalence at alpha/2, else inconclusive."
+    _check_claim(claimed_sign, 1.0)
+    if p_holm < alpha: return "supported" if delta_hat * claimed_sign > 0 else "contradicted"
+    if p_equiv_holm is not None and p_equiv_holm < alpha / 2: return "no effect"
+    return "inconclusive"
+
+def strength(ci_low: float, ci_high: float, claimed_sign: int, delta: float, verdict: str) -> str | None:
+    "For a supported or contradicted verdict: 'at least delta' when the CI also excludes delta in that direction, else 'non-zero only'."
+    _check_claim(claimed_sign, delta)
+    if verdict not in ("supported", "contradicted"): return None
+    direction = claimed_sign if verdict == "supported" else -claimed_sign
+    beyond = ci_low > delta if direction == 1 else ci_high < -delta
+    return "at least delta" if beyond else "non-zero only"
 
 # %% ../nbs/12_analysis.ipynb #c110
 def per_query_shortcut(probe_rows: list, generator: str) -> dict:

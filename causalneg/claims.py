@@ -5,78 +5,106 @@
 # %% ../nbs/17_claims.ipynb #c003
 from __future__ import annotations
 import json
-from .analysis import bootstrap_delta, bootstrap_did, verdict, VERDICT_RULE
+from .analysis import bootstrap_delta, verdict, adjusted_verdict, strength, holm, VERDICT_RULE
 
 # %% auto #0
-__all__ = ['CLAIM_TEXT', 'GAP_METRIC', 'NAIVE_ROWS', 'compare_rows', 'compare_shortcut', 'claim_specs', 'claim_record',
+__all__ = ['CLAIM_TEXT', 'PREF_METRIC', 'NAIVE_ROWS', 'CONTEXT_SPECS', 'compare_rows', 'claim_specs', 'claim_record',
            'judge_claims', 'claim_context', 'claims_json', 'claim_evidence', 'claims_markdown']
 
 # %% ../nbs/17_claims.ipynb #c006
-def compare_rows(rows: dict, a: str, b: str, n_boot: int = 2000, alpha: float = 0.05) -> dict | None:
-    "`bootstrap_delta` of row `a` minus row `b` of a row table, or None when either was not run."
+def compare_rows(rows: dict, a: str, b: str, n_boot: int = 2000, alpha: float = 0.05, delta: float | None = None) -> dict | None:
+    "`bootstrap_delta` of row `a` minus row `b` of a row or pref table, or None when either was not run."
     if a not in rows or b not in rows: return None
-    return bootstrap_delta(rows[a], rows[b], n_boot=n_boot, alpha=alpha)
-
-def compare_shortcut(shortcuts: dict, a: str, b: str, n_boot: int = 2000, alpha: float = 0.05, measure: str = "gap") -> dict | None:
-    "`bootstrap_did` of model `a` minus model `b` of a shortcut table, or None when either has no probe."
-    if a not in shortcuts or b not in shortcuts: return None
-    sa, sb = shortcuts[a], shortcuts[b]
-    if not any(sa.values()) or not any(sb.values()): return None
-    return bootstrap_did(sa, sb, measure, n_boot=n_boot, alpha=alpha)
+    return bootstrap_delta(rows[a], rows[b], n_boot=n_boot, alpha=alpha, delta=delta)
 
 # %% ../nbs/17_claims.ipynb #c009
 CLAIM_TEXT = {1: "Naively generated negatives degrade retrieval compared with mined ones.",
-              2: "With plain InfoNCE on mixed negatives, mined and generated negatives become separable by their query similarity (a learned source shortcut).",
+              2: "With plain InfoNCE on mixed negatives, the retriever learns to tell texts apart by origin rather than relevance: it comes to score LLM-written text lower than the same content written by a person (a learned source shortcut).",
               3: "CoT counterfactual negatives carry more contrastive signal than naive generated ones.",
               4: "The entropy term shrinks the source shortcut, and mined + CoT + entropy beats mined-only."}
-GAP_METRIC = "probe gap (mean q.gen - mean q.mined)"
+PREF_METRIC = "NQ-UTD source preference (sim human - sim LLM rewrite, per relevant pair)"
 
 NAIVE_ROWS = ("mined_naive", "mined_naive_pos")  # query-only prompt, or the prompt that also sees the positive
 
-def claim_specs(lambda_ent: float, lambda_effective: float, naive_row: str = "mined_naive") -> list:
-    "(claim, part, row, reference, claimed sign, measure 'ndcg' or 'gap') of every verdict, in the order of the report."
+def _spec(id: str, claim: int, part, row: str, reference: str, sign: int, measure: str, split: str | None = None) -> dict:
+    "One pre-stated comparison: `row` - `reference` on `measure` ('ndcg' on `split`, or 'pref'), expected to have `sign`."
+    return {"id": id, "claim": claim, "part": part, "row": row, "reference": reference, "sign": sign, "measure": measure, "split": split}
+
+def claim_specs(lambda_effective: float, naive_row: str = "mined_naive_pos") -> list:
+    "The pre-stated family of comparisons, one dict per verdict, in the order of the report."
     if naive_row not in NAIVE_ROWS:
         raise ValueError(f"naive_row must be one of {NAIVE_ROWS} (the unmasked mined + naive rows), got {naive_row!r}: set tables.naive_row in params.yaml.")
-    specs = [(1, None, naive_row, "mined", -1, "ndcg"),
-             (2, None, "mined_cot", "mined", -1, "gap"),
-             (3, None, "mined_cot", naive_row, +1, "ndcg")]
-    for row, lam in (("causalneg", lambda_ent), ("causalneg_eff", lambda_effective)):
-        specs += [(4, f"shortcut shrinks (lambda={lam:g})", row, "mined_cot", +1, "gap"),
-                  (4, f"beats mined-only (lambda={lam:g})", row, "mined", +1, "ndcg")]
-    return specs
+    lam = f"lambda={lambda_effective:g}"
+    return [_spec("1", 1, None, naive_row, "mined", -1, "ndcg", "test"),
+            _spec("2-cot", 2, "CoT negatives", "mined_cot", "mined", +1, "pref"),
+            _spec("2-naive", 2, "naive negatives (query only)", "mined_naive", "mined", +1, "pref"),
+            _spec("2-naive_pos", 2, "naive negatives (prompt sees the positive)", "mined_naive_pos", "mined", +1, "pref"),
+            _spec("3", 3, None, "mined_cot", naive_row, +1, "ndcg", "test"),
+            _spec("4-pref-cot", 4, f"entropy shrinks the source preference, CoT ({lam})", "causalneg_eff", "mined_cot", -1, "pref"),
+            _spec("4-pref-naive", 4, f"entropy shrinks the source preference, naive, query only ({lam})", "mined_naive_ent", "mined_naive", -1, "pref"),
+            _spec("4-pref-naive_pos", 4, f"entropy shrinks the source preference, naive, sees the positive ({lam})", "mined_naive_pos_ent", "mined_naive_pos", -1, "pref"),
+            _spec("4-beats", 4, f"beats mined-only ({lam})", "causalneg_eff", "mined", +1, "ndcg", "test"),
+            _spec("4-transfer-naive", 4, f"entropy repairs transfer, naive query only ({lam})", "mined_naive_ent", "mined_naive", +1, "ndcg", "fanoutqa"),
+            _spec("4-transfer-naive_pos", 4, f"entropy repairs transfer, naive sees the positive ({lam})", "mined_naive_pos_ent", "mined_naive_pos", +1, "ndcg", "fanoutqa")]
 
 # %% ../nbs/17_claims.ipynb #c012
-def claim_record(num: int, part, text: str, comparison: str, sign: int, res: dict | None, metric: str, smallest: float, seeds: list) -> dict:
-    "The claim object of reports/claims.json for one comparison result `res` (None: 'rows not run', listing the profile's `seeds`)."
+_ROUNDED = ("delta", "ci_low", "ci_high", "ci_low_mc", "ci_high_mc", "se", "mde")
+_P_KEYS = ("p_value", "p_holm", "p_equivalence", "p_equivalence_holm")
+
+def _metric(spec: dict) -> tuple:
+    "(metric name, unit) of a spec's measure."
+    return (PREF_METRIC, "pairs") if spec["measure"] == "pref" else (f"{spec['split']} nDCG@10", "queries")
+
+def _round(x: float | None) -> float | None:
+    "`x` rounded to 5 decimals (None stays None)."
+    return None if x is None else round(float(x), 5)
+
+def claim_record(spec: dict, res: dict | None, smallest: float, seeds: list, p_holm: float | None,
+                 p_equivalence_holm: float | None, alpha: float = 0.05, n_boot: int = 10000) -> dict:
+    "The claim object of reports/claims.json for one spec and its comparison `res` (None: 'rows not run', listing the profile's `seeds`)."
+    metric, unit = _metric(spec)
+    head = {"id": spec["id"], "claim": spec["claim"], "part": spec["part"], "text": CLAIM_TEXT[spec["claim"]],
+            "comparison": f"{spec['row']} - {spec['reference']}", "metric": metric, "unit": unit, "claimed_sign": spec["sign"]}
     if res is None:
-        return {"claim": num, "part": part, "text": text, "verdict": "inconclusive", "comparison": comparison, "metric": metric,
-                "claimed_sign": sign, "delta": None, "ci_low": None, "ci_high": None, "mde": None, "n_queries": 0, "seeds": seeds,
-                "smallest_effect": smallest, "note": "rows not run"}
-    return {"claim": num, "part": part, "text": text, "verdict": verdict(res["ci_low"], res["ci_high"], sign, smallest),
-            "comparison": comparison, "metric": metric, "claimed_sign": sign, "delta": round(res["delta"], 5),
-            "ci_low": round(res["ci_low"], 5), "ci_high": round(res["ci_high"], 5), "mde": round(res["mde"], 5),
-            "n_queries": res["n_queries"], "seeds": sorted(set(res["seeds_a"]) | set(res["seeds_b"]), key=str), "smallest_effect": smallest}
+        return {**head, **dict.fromkeys(_ROUNDED), "n": 0, "seeds": seeds, "paired_seeds": None, **dict.fromkeys(_P_KEYS),
+                "verdict_unadjusted": "inconclusive", "verdict": "inconclusive", "strength": None, "smallest_effect": smallest,
+                "n_boot": n_boot, "note": "rows not run"}
+    v = adjusted_verdict(res["delta"], p_holm, p_equivalence_holm, spec["sign"], alpha)
+    ps = {"p_value": res["p_value"], "p_holm": p_holm, "p_equivalence": res["p_equivalence"], "p_equivalence_holm": p_equivalence_holm}
+    return {**head, **{k: _round(res[k]) for k in _ROUNDED}, "n": res["n_queries"],
+            "seeds": sorted(set(res["seeds_a"]) | set(res["seeds_b"]), key=str), "paired_seeds": res["paired_seeds"],
+            **{k: _round(p) for k, p in ps.items()}, "verdict_unadjusted": verdict(res["ci_low"], res["ci_high"], spec["sign"], smallest),
+            "verdict": v, "strength": strength(res["ci_low"], res["ci_high"], spec["sign"], smallest, v),
+            "smallest_effect": smallest, "n_boot": res["n_boot"]}
 
 # %% ../nbs/17_claims.ipynb #c016
-def judge_claims(ndcg: dict, shortcuts: dict, seeds: list, delta: float, delta_shortcut: float, lambda_ent: float,
-                 lambda_effective: float, claim_split: str = "test", n_boot: int = 2000, alpha: float = 0.05,
-                 naive_row: str = "mined_naive") -> list:
-    "The claim objects of reports/claims.json from the claim split's nDCG@10 row table and the probe's shortcut table."
-    out = []
-    for num, part, row, ref, sign, measure in claim_specs(lambda_ent, lambda_effective, naive_row):
-        if measure == "gap": res, metric, smallest = compare_shortcut(shortcuts, row, ref, n_boot, alpha), GAP_METRIC, delta_shortcut
-        else: res, metric, smallest = compare_rows(ndcg, row, ref, n_boot, alpha), f"{claim_split} nDCG@10", delta
-        out.append(claim_record(num, part, CLAIM_TEXT[num], f"{row} - {ref}", sign, res, metric, smallest, seeds))
-    return out
+def _table(ndcg: dict, pref: dict, where: str) -> dict:
+    "The row table of a split's nDCG@10 (`where` a split) or the pref table (`where` 'pref')."
+    return pref if where == "pref" else ndcg.get(where, {})
 
-def claim_context(ndcg: dict, shortcuts: dict, n_boot: int = 2000, alpha: float = 0.05) -> dict:
-    "Comparisons a reader needs next to the verdicts (None where a row was not run)."
-    return {"claim2_vs_zeroshot": compare_shortcut(shortcuts, "mined_cot", "zeroshot", n_boot, alpha),
-            "matched_count": compare_rows(ndcg, "mined_matched", "mined", n_boot, alpha),
-            "cot_vs_matched": compare_rows(ndcg, "mined_cot", "mined_matched", n_boot, alpha),
-            "naive_prompt": compare_rows(ndcg, "mined_naive_pos", "mined_naive", n_boot, alpha),
-            "masking": compare_rows(ndcg, "mined_naive_pos_masked", "mined_naive_pos", n_boot, alpha),
-            "masking_query_only": compare_rows(ndcg, "mined_naive_masked", "mined_naive", n_boot, alpha)}
+def judge_claims(ndcg: dict, pref: dict, seeds: list, delta: float, delta_pref: float, lambda_effective: float,
+                 n_boot: int = 10000, alpha: float = 0.05, naive_row: str = "mined_naive_pos") -> list:
+    "The claim objects of reports/claims.json: every pre-stated comparison, Holm-adjusted across the family."
+    specs = claim_specs(lambda_effective, naive_row)
+    smallest = [delta_pref if s["measure"] == "pref" else delta for s in specs]
+    res = [compare_rows(_table(ndcg, pref, s["split"] or "pref"), s["row"], s["reference"], n_boot, alpha, d) for s, d in zip(specs, smallest)]
+    p_holm = holm([1.0 if r is None else r["p_value"] for r in res])          # a row not run counts as p = 1: m stays 11
+    pe_holm = holm([1.0 if r is None else r["p_equivalence"] for r in res])
+    return [claim_record(s, r, d, seeds, None if r is None else ph, None if r is None else peh, alpha, n_boot)
+            for s, r, d, ph, peh in zip(specs, res, smallest, p_holm, pe_holm)]
+
+CONTEXT_SPECS = (("claim2_vs_zeroshot", "pref", "mined_cot", "zeroshot", "mined + CoT vs zero-shot"),
+                 ("matched_count", "test", "mined_matched", "mined", "mined at a matched count vs mined"),
+                 ("cot_vs_matched", "test", "mined_cot", "mined_matched", "mined + CoT vs mined at a matched count"),
+                 ("naive_prompt", "test", "mined_naive_pos", "mined_naive", "naive prompt that sees the positive vs query-only (mined_naive_pos - mined_naive)"),
+                 ("masking", "test", "mined_naive_pos_masked", "mined_naive_pos", "fake-negative masking on the positive-aware naive row (mined_naive_pos_masked - mined_naive_pos)"),
+                 ("masking_query_only", "test", "mined_naive_masked", "mined_naive", "fake-negative masking on the query-only naive row (mined_naive_masked - mined_naive)"),
+                 ("causalneg_nominal", "test", "causalneg", "mined", "CausalNeg at the paper's nominal lambda vs mined (causalneg - mined)"),
+                 ("hard_competitor", "test", "mined_cot_hard", "mined_cot", "mined + CoT with hard competitors vs mined + CoT (mined_cot_hard - mined_cot)"))
+
+def claim_context(ndcg: dict, pref: dict, n_boot: int = 10000, alpha: float = 0.05) -> dict:
+    "Comparisons a reader needs next to the verdicts, keyed as in `CONTEXT_SPECS` (None where a row was not run)."
+    return {key: compare_rows(_table(ndcg, pref, where), a, b, n_boot, alpha) for key, where, a, b, _ in CONTEXT_SPECS}
 
 # %% ../nbs/17_claims.ipynb #c019
 def claims_json(claims: list) -> str:
@@ -84,30 +112,30 @@ def claims_json(claims: list) -> str:
     return json.dumps(claims, indent=1) + "\n"
 
 def claim_evidence(c: dict) -> str:
-    "One claim's evidence cell: the difference, its CI and MDE, and a note when the CI sits inside +/- the smallest effect."
+    "One claim's evidence cell: the difference, its CI [± MC error], MDE, units, p and p_Holm, and a note when the CI sits inside ±delta."
     if c["delta"] is None: return "rows not run"
-    small = " (the whole CI lies inside ±delta: smaller than the smallest effect of interest)" if -c["smallest_effect"] <= c["ci_low"] and c["ci_high"] <= c["smallest_effect"] and c["verdict"] != "no effect" else ""
-    return f"{c['comparison']}: Δ {c['metric']} = {c['delta']:+.4f} [95% CI {c['ci_low']:+.4f}, {c['ci_high']:+.4f}], MDE {c['mde']:.4f}, {c['n_queries']} queries{small}"
+    small = (" (the whole CI lies inside ±delta: smaller than the smallest effect of interest)"
+             if -c["smallest_effect"] <= c["ci_low"] and c["ci_high"] <= c["smallest_effect"] and c["verdict"] != "no effect" else "")
+    return (f"{c['comparison']}: Δ {c['metric']} = {c['delta']:+.4f} [95% CI {c['ci_low']:+.4f} ±{c['ci_low_mc']:.4f}, "
+            f"{c['ci_high']:+.4f} ±{c['ci_high_mc']:.4f}], MDE {c['mde']:.4f}, {c['n']} {c['unit']}, p = {c['p_value']:.4f}, "
+            f"p_Holm = {c['p_holm']:.4f}{small}")
 
 # %% ../nbs/17_claims.ipynb #c021
-def _context_lines(context: dict, claim_split: str) -> list:
+def _context_lines(context: dict) -> list:
     "The context comparisons that were run, as short sentences."
-    nd, out = f"{claim_split} nDCG@10", []
-    for key, what in (("claim2_vs_zeroshot", "mined + CoT vs zero-shot, probe gap"), ("matched_count", f"mined at a matched count vs mined, {nd}"),
-                      ("cot_vs_matched", f"mined + CoT vs mined at a matched count, {nd}"),
-                      ("naive_prompt", f"naive prompt that sees the positive vs query-only (mined_naive_pos - mined_naive), {nd}"),
-                      ("masking", f"fake-negative masking on the positive-aware naive row (mined_naive_pos_masked - mined_naive_pos), {nd}"),
-                      ("masking_query_only", f"fake-negative masking on the query-only naive row (mined_naive_masked - mined_naive), {nd}")):
-        d = context.get(key)
-        if d: out.append(f"{what}: {d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
+    out = []
+    for key, where, _, _, what in CONTEXT_SPECS:
+        d, metric = context.get(key), "source preference" if where == "pref" else f"{where} nDCG@10"
+        if d: out.append(f"{what}, {metric}: {d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
     return out
 
-def claims_markdown(claims: list, context: dict, caption: str, delta: float, delta_shortcut: float, claim_split: str = "test") -> list:
+def claims_markdown(claims: list, context: dict, caption: str, delta: float, delta_pref: float) -> list:
     "The lines of reports/claims.md: caption, verdict rule, one table row per claim object, then the context."
     md = ["# Claims", "", caption, "", f"**Verdict rule.** {VERDICT_RULE} Smallest effects of interest, fixed in `params.yaml` before the runs: "
-          f"delta = {delta:g} nDCG@10 and {delta_shortcut:g} in probe gap.", "",
-          "| claim | part | verdict | evidence |", "|---|---|---|---|"]
-    md += [f"| {c['claim']}. {c['text']} | {c['part'] or ''} | **{c['verdict']}** | {claim_evidence(c)} |" for c in claims]
-    ctx = _context_lines(context, claim_split)
+          f"delta = {delta:g} nDCG@10 and {delta_pref:g} in source preference. The Holm family is the {len(claims)} comparisons below.", "",
+          "| claim | part | verdict (Holm) | unadjusted | strength | evidence |", "|---|---|---|---|---|---|"]
+    md += [f"| {c['claim']}. {c['text']} | {c['part'] or ''} | **{c['verdict']}** | {c['verdict_unadjusted']} | {c['strength'] or ''} | {claim_evidence(c)} |"
+           for c in claims]
+    ctx = _context_lines(context)
     if ctx: md += ["", "Context (not verdicts): " + "; ".join(ctx) + "."]
     return md

@@ -1,5 +1,6 @@
-"""causalneg.analysis verdicts: the verdict rule matrix, the paired query x seed bootstrap (determinism,
-pairing, seed resampling, one-seed rows), per-query shortcut measures, difference-in-differences, MDE."""
+"""causalneg.analysis verdicts: the verdict rule matrix, the paired query x seed bootstrap (determinism, paired
+queries and paired seeds, seed resampling, one-seed rows, Monte Carlo error of the bounds, p-values), Holm, the
+adjusted verdict and its strength, per-query shortcut measures, difference-in-differences, MDE."""
 
 import os
 
@@ -10,7 +11,20 @@ import math, time
 import numpy as np
 import pytest
 
-from causalneg.analysis import VERDICT_RULE, bootstrap_delta, bootstrap_did, mde_paired, per_query_shortcut, verdict
+from causalneg.analysis import (
+    VERDICT_RULE,
+    adjusted_verdict,
+    bootstrap_delta,
+    bootstrap_did,
+    bootstrap_p,
+    equivalence_p,
+    holm,
+    mde_paired,
+    per_query_shortcut,
+    quantile_mc_se,
+    strength,
+    verdict,
+)
 
 QS = [f"q{i}" for i in range(1000)]
 
@@ -58,6 +72,9 @@ def test_verdict_errors_and_rule():
     with pytest.raises(ValueError, match="finite"):
         verdict(float("nan"), 0.1, 1, 0.01)
     assert all(w in VERDICT_RULE for w in ("supported", "contradicted", "no effect", "inconclusive", "delta"))
+    assert all(
+        w in VERDICT_RULE for w in ("10,000 replicates", "seed id", "Monte Carlo", "Holm", "at least delta", "non-zero only")
+    )
 
 
 # ---------------------------------------------------------------- bootstrap_delta
@@ -67,15 +84,33 @@ def test_bootstrap_recovers_effect_and_is_fast():
     b = row(base + rng.normal(0, 0.05, (3, 1000)))
     a = row(base + 0.05 + rng.normal(0, 0.05, (3, 1000)))
     t = time.perf_counter()
-    r = bootstrap_delta(a, b)
+    r = bootstrap_delta(a, b, n_boot=10000, delta=0.01)  # what the pipeline runs: 10,000 replicates x 1,000 queries
     dt = time.perf_counter() - t
-    assert dt < 1.0
+    assert dt < 1.5
     assert 0 < r["ci_low"] < 0.05 < r["ci_high"]
     assert r["n_queries"] == 1000 and r["seeds_a"] == [0, 1, 2] and r["seeds_b"] == [0, 1, 2]
+    assert r["paired_seeds"] and r["n_boot"] == 10000
     assert r["mde"] == pytest.approx(2.8016 * r["se"], rel=1e-3)
-    assert set(r) == {"delta", "ci_low", "ci_high", "se", "mde", "n_queries", "seeds_a", "seeds_b"}
+    assert r["p_value"] == 2 / 10001 and r["p_equivalence"] == 1.0
+    assert set(r) == {
+        "delta",
+        "ci_low",
+        "ci_high",
+        "ci_low_mc",
+        "ci_high_mc",
+        "se",
+        "mde",
+        "p_value",
+        "p_equivalence",
+        "n_queries",
+        "seeds_a",
+        "seeds_b",
+        "paired_seeds",
+        "n_boot",
+    }
     r0 = bootstrap_delta(b, b)
-    assert r0["delta"] == 0 and r0["ci_low"] < 0 < r0["ci_high"]
+    assert r0["delta"] == 0 and r0["ci_low"] == r0["ci_high"] == 0  # paired seeds: every replicate is 0
+    assert r0["p_value"] == 1.0 and r0["p_equivalence"] is None
 
 
 def test_bootstrap_deterministic():
@@ -93,6 +128,25 @@ def test_bootstrap_is_paired():
     b_indep = row(rng.normal(0, 0.3, 500) + rng.normal(0, 0.01, (3, 500)))
     assert width(bootstrap_delta(a, b_shared)) * 10 < width(bootstrap_delta(a, b_indep))
     assert bootstrap_delta(a, b_shared)["ci_low"] > 0
+
+
+def test_paired_seeds_cancel_what_a_seed_does_to_both_rows():
+    rng = np.random.default_rng(6)
+    base = rng.uniform(0.2, 0.8, 500)
+    offset = np.array([[-0.1], [0.0], [0.1]])  # seed s shifts every row alike (it fixes the data order)
+    a = row(base + 0.01 + offset + rng.normal(0, 0.01, (3, 500)))
+    b = row(base + offset + rng.normal(0, 0.01, (3, 500)))
+    paired = bootstrap_delta(a, b)
+    unpaired = bootstrap_delta(a, {s + 10: v for s, v in b.items()})  # other seed ids: nothing to pair
+    assert paired["paired_seeds"] and not unpaired["paired_seeds"]
+    assert paired["delta"] == pytest.approx(unpaired["delta"])
+    assert width(unpaired) > 10 * width(paired)
+    assert paired["ci_low"] > 0 and unpaired["ci_low"] < 0 < unpaired["ci_high"]
+    # aligned by seed id, not by the order of the dict
+    shuffled = bootstrap_delta(a, {s: b[s] for s in (2, 0, 1)})
+    assert shuffled["ci_low"] == pytest.approx(paired["ci_low"], abs=1e-12)
+    # a seed set that only overlaps is not paired either
+    assert not bootstrap_delta(a, {s: b[s] for s in (0, 1)})["paired_seeds"]
 
 
 def test_bootstrap_resamples_seeds():
@@ -117,6 +171,45 @@ def test_bootstrap_one_seed_rows_and_shared_queries():
     assert r1["delta"] == 0 and r1["ci_low"] == r1["ci_high"] == 0 and r1["se"] == 0
 
 
+def test_monte_carlo_error_of_the_bounds():
+    rng = np.random.default_rng(8)
+    base = rng.uniform(0.2, 0.8, 300)
+    a, b = row(base + 0.02 + rng.normal(0, 0.1, (3, 300))), row(base + rng.normal(0, 0.1, (3, 300)))
+    # it matches the spread of the bound over bootstrap seeds ...
+    runs = [bootstrap_delta(a, b, n_boot=1000, seed=i) for i in range(40)]
+    spread = np.std([r["ci_low"] for r in runs], ddof=1)
+    reported = np.mean([r["ci_low_mc"] for r in runs])
+    assert 0.6 < reported / spread < 1.6, (reported, spread)
+    # ... and shrinks like 1 / sqrt(B): 16 times the replicates, about a quarter of the error
+    big = np.mean([bootstrap_delta(a, b, n_boot=16000, seed=i)["ci_high_mc"] for i in range(5)])
+    small = np.mean([r["ci_high_mc"] for r in runs])
+    assert 3 < small / big < 5.5, (small, big)
+
+
+def test_quantile_mc_se_ranks():
+    u = np.arange(1, 10001) / 10001
+    assert quantile_mc_se(u, 0.025) == pytest.approx((266 - 234) / 2 / 10001)  # ranks 250 -/+ 15.6
+    assert quantile_mc_se(u[::-1], 0.975) == pytest.approx((9766 - 9734) / 2 / 10001)  # order of the input does not matter
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        quantile_mc_se(u, 1.0)
+
+
+def test_p_values():
+    assert bootstrap_p(np.r_[-np.ones(9), np.ones(90)]) == pytest.approx(2 * 10 / 100)
+    assert bootstrap_p(np.r_[np.zeros(50), np.ones(49)]) == 1.0  # half the replicates at 0 count on both sides
+    assert equivalence_p(np.r_[np.full(5, -0.2), np.zeros(90), np.full(4, 0.2)], 0.1) == pytest.approx(6 / 100)
+    assert equivalence_p(np.full(99, 0.1), 0.1) == 1.0  # at delta counts as not inside
+    # under no difference the bootstrap p-value is not small, and the CI and the p-value agree at 5%
+    rng = np.random.default_rng(9)
+    base = rng.uniform(0.2, 0.8, 400)
+    for shift in (0.0, 0.004, 0.008, 0.02):
+        r = bootstrap_delta(
+            row(base + shift + rng.normal(0, 0.05, (3, 400))), row(base + rng.normal(0, 0.05, (3, 400))), delta=0.02
+        )
+        assert (r["p_value"] < 0.05) == (r["ci_low"] > 0 or r["ci_high"] < 0), r
+        assert (r["p_equivalence"] < 0.025) == (-0.02 < r["ci_low"] and r["ci_high"] < 0.02), r
+
+
 def test_bootstrap_errors():
     a = {0: {"q1": 1.0, "q2": 2.0}, 1: {"q1": 1.0, "q3": 2.0}}
     with pytest.raises(ValueError, match=r"seeds of row a cover different queries \(seed 0: 2, seed 1: 2; 1 shared\)"):
@@ -129,6 +222,47 @@ def test_bootstrap_errors():
         bootstrap_delta({}, {0: {"q1": 0.0}})
     with pytest.raises(ValueError, match="finite"):
         bootstrap_delta({0: {"q1": float("nan"), "q2": 1.0}}, {0: {"q1": 0.0, "q2": 0.0}})
+
+
+# ---------------------------------------------------------------- Holm, adjusted verdict, strength
+def test_holm_textbook():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.04, 0.001, 0.2]) == pytest.approx([0.08, 0.003, 0.2])  # monotone in the sorted order
+    assert holm([0.3, 0.4]) == pytest.approx([0.6, 0.6]) and holm([0.6, 0.9]) == [1.0, 1.0]  # capped at 1
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.1, float("nan")])
+
+
+def test_adjusted_verdict_in_a_family_of_11():
+    p = 0.04  # just under 0.05 alone
+    adjusted = holm([p] + [1.0] * 10)[0]
+    assert adjusted == pytest.approx(0.44)
+    assert verdict(0.001, 0.02, 1, 0.01) == "supported" and adjusted_verdict(0.01, p, 1.0, 1) == "supported"
+    assert adjusted_verdict(0.01, adjusted, 1.0, 1) == "inconclusive"
+    assert adjusted_verdict(0.01, holm([0.004] + [1.0] * 10)[0], 1.0, 1) == "supported"
+    assert adjusted_verdict(-0.01, 0.001, 1.0, 1) == "contradicted" and adjusted_verdict(0.01, 0.001, 1.0, -1) == "contradicted"
+    # no effect mirrors the CI rule: both one-sided tests at alpha / 2
+    assert adjusted_verdict(0.0, 0.9, 0.02, 1) == "no effect" and adjusted_verdict(0.0, 0.9, 0.03, 1) == "inconclusive"
+    assert adjusted_verdict(0.0, 0.9, None, 1) == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    "lo,hi,sign,v,expected",
+    [
+        (0.02, 0.05, 1, "supported", "at least delta"),
+        (0.005, 0.05, 1, "supported", "non-zero only"),
+        (-0.05, -0.02, -1, "supported", "at least delta"),
+        (-0.05, -0.005, -1, "supported", "non-zero only"),
+        (-0.05, -0.02, 1, "contradicted", "at least delta"),
+        (-0.05, -0.005, 1, "contradicted", "non-zero only"),
+        (0.02, 0.05, -1, "contradicted", "at least delta"),
+        (0.01, 0.05, -1, "contradicted", "non-zero only"),  # exactly delta is not beyond it
+        (-0.005, 0.005, 1, "no effect", None),
+        (-0.02, 0.05, 1, "inconclusive", None),
+    ],
+)
+def test_strength(lo, hi, sign, v, expected):
+    assert strength(lo, hi, sign, 0.01, v) == expected
 
 
 # ---------------------------------------------------------------- shortcut per query and DiD
