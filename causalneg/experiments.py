@@ -177,6 +177,7 @@ def variant_train_config(variant, seed: int, settings: RunSettings):
     shared = {SETTINGS_RENAMED.get(k, k): v for k, v in asdict(settings).items() if SETTINGS_RENAMED.get(k, k) in names}
     return TrainConfig(**{**shared, "lambda_ent": variant.lambda_ent, "tau_ent": variant.tau_ent or settings.tau_ent,
                           "mask_margin": settings.mask_margin if variant.mask_margin is None else variant.mask_margin,
+                          "hardness_strength": variant.hardness_strength,
                           "entropy_term": variant.entropy_term, "balance_term": variant.balance_term, "seed": seed,
                           "output_dir": str(Path(settings.models_dir, f"{variant.name}-s{seed}")),
                           "save_strategy": "no", "logging_steps": 1})

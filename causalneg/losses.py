@@ -69,9 +69,11 @@ def _check_inputs(q: Tensor, negs: Tensor, valid: Tensor | None, name_masks: dic
 
 # %% ../nbs/08_losses.ipynb #c011
 def info_nce_per_sample(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor | None = None,
-                        temperature: float = 0.05, in_batch_negatives: bool = False, offset: int = 0) -> Tensor:
-    "Per-sample InfoNCE losses [B] (see `info_nce`)."
+                        temperature: float = 0.05, in_batch_negatives: bool = False, offset: int = 0,
+                        hardness_strength: float = 0.0) -> Tensor:
+    "Per-sample InfoNCE losses [B] (see `info_nce`); `hardness_strength` > 0 up-weights each query's harder own negatives."
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if not hardness_strength >= 0: raise ValueError(f"hardness_strength must be >= 0, got {hardness_strength}.")
     if pos.ndim != 2 or pos.shape[1] != q.shape[1]:
         raise ValueError(f"pos must be [batch, dim] with dim={q.shape[1]}, got shape {tuple(pos.shape)}.")
     b = q.shape[0]
@@ -88,19 +90,29 @@ def info_nce_per_sample(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor | No
     negs = negs.float().masked_fill(~valid[..., None], 0.0)
     if not in_batch_negatives:
         s_pos = (q * pos).sum(-1, keepdim=True)
-        s_neg = (negs * q[:, None, :]).sum(-1).masked_fill(~valid, float("-inf"))
-        logits = torch.cat([s_pos, s_neg], dim=1) / temperature
+        s_neg = (negs * q[:, None, :]).sum(-1)
+        # hardness weighting: + alpha * stop_grad(q.d) on each own negative's logit, not divided by the temperature
+        bonus = hardness_strength * s_neg.detach() if hardness_strength else 0.0
+        logits = torch.cat([s_pos / temperature, (s_neg / temperature + bonus).masked_fill(~valid, float("-inf"))], dim=1)
         return torch.logsumexp(logits, dim=1) - logits[:, 0]
     cands = torch.cat([pos, negs.reshape(-1, negs.shape[-1])])                  # [M + M*N, D]
     keep = torch.cat([torch.ones(m, dtype=torch.bool, device=valid.device), valid.reshape(-1)])
-    logits = (q @ cands.T).masked_fill(~keep, float("-inf")) / temperature       # [B, M + M*N]
+    raw = q @ cands.T                                                            # [B, M + M*N]
+    logits = raw / temperature
+    if hardness_strength:  # only each query's own hard negatives, as sentence-transformers' hardness_mode="hard_negatives"
+        n = negs.shape[1]
+        own = torch.zeros_like(keep).repeat(b, 1)
+        rows = torch.arange(b, device=q.device)[:, None]
+        own[rows, m + (offset + rows) * n + torch.arange(n, device=q.device)] = True
+        logits = logits + hardness_strength * raw.detach() * own
+    logits = logits.masked_fill(~keep, float("-inf"))
     target = torch.arange(offset, offset + b, device=q.device)
     return F.cross_entropy(logits, target, reduction="none")
 
 def info_nce(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor | None = None, temperature: float = 0.05,
-             in_batch_negatives: bool = False, offset: int = 0) -> Tensor:
+             in_batch_negatives: bool = False, offset: int = 0, hardness_strength: float = 0.0) -> Tensor:
     "Mean over the batch of -log softmax of the positive among [pos, valid negatives] (scores = dot / temperature)."
-    return info_nce_per_sample(q, pos, negs, valid, temperature, in_batch_negatives, offset).mean()
+    return info_nce_per_sample(q, pos, negs, valid, temperature, in_batch_negatives, offset, hardness_strength).mean()
 
 # %% ../nbs/08_losses.ipynb #c015
 def query_view_terms(q: Tensor, negs: Tensor, is_generated: Tensor, valid: Tensor | None = None,
@@ -235,7 +247,8 @@ class CausalNegLoss(nn.Module):
                  entropy_term: bool = True, balance_term: bool = True, in_batch_negatives: bool = False,
                  gather_across_devices: bool = True, global_mean: bool = True, entropy_in_eval: bool = False,
                  track_diagnostics: bool = True, sources: Sequence[str] = SOURCES,
-                 generated_sources: Sequence[str] = GENERATED_SOURCES, mask_margin: float | None = None) -> None:
+                 generated_sources: Sequence[str] = GENERATED_SOURCES, mask_margin: float | None = None,
+                 hardness_strength: float = 0.0) -> None:
         """InfoNCE over per-sample negatives plus `lambda_ent` times the query-view entropy term.
 
         Args:
@@ -262,6 +275,8 @@ class CausalNegLoss(nn.Module):
                 positive: it is dropped from the InfoNCE softmax and gets no gradient from it (the
                 entropy term still sees it). The authors' baseline script uses 0.1. None (default):
                 off, and no masking op runs.
+            hardness_strength: α of sentence-transformers' hardness-weighted InfoNCE (`hardness_mode=
+                "hard_negatives"`): each own negative's logit gains α·stop_grad(q.d). 0 (default): off.
 
         Inputs:
             columns (query, positive, neg_0, ..., neg_{K-1}) and labels [batch, K] of source codes,
@@ -294,6 +309,8 @@ class CausalNegLoss(nn.Module):
         self.global_mean, self.entropy_in_eval = bool(global_mean), bool(entropy_in_eval)
         self.track_diagnostics = bool(track_diagnostics)
         self.mask_margin = None if mask_margin is None else float(mask_margin)
+        if not hardness_strength >= 0: raise ValueError(f"hardness_strength must be >= 0, got {hardness_strength}.")
+        self.hardness_strength = float(hardness_strength)
         self.sources, self.generated_sources = tuple(sources), tuple(generated_sources)
         self.reset_diagnostics()
 
@@ -303,7 +320,8 @@ class CausalNegLoss(nn.Module):
                 "entropy_term": self.entropy_term, "balance_term": self.balance_term,
                 "in_batch_negatives": self.in_batch_negatives, "sources": list(self.sources),
                 "generated_sources": list(self.generated_sources),
-                **({} if self.mask_margin is None else {"mask_margin": self.mask_margin})}  # off: the card as before
+                **({} if self.mask_margin is None else {"mask_margin": self.mask_margin}),  # off: the card as before
+                **({"hardness_strength": self.hardness_strength} if self.hardness_strength else {})}
 
     @property
     def citation(self) -> str:
@@ -383,7 +401,8 @@ def compute_loss_from_embeddings(self: CausalNegLoss, q: Tensor, pos: Tensor, ne
         pos_c, negs_c = all_gather_with_grad(pos), all_gather_with_grad(negs)
         valid_c = all_gather(valid_nce.to(torch.uint8)).bool()  # gloo cannot gather bool
         offset = get_rank() * q.shape[0]
-    nce = info_nce_per_sample(q, pos_c, negs_c, valid_c, self.temperature, self.in_batch_negatives, offset)
+    nce = info_nce_per_sample(q, pos_c, negs_c, valid_c, self.temperature, self.in_batch_negatives, offset,
+                              self.hardness_strength)
     terms = query_view_terms(q, negs, gen, valid, self.tau_ent) if use_ent else None
     ent_sum = entropy_objective(terms, self.entropy_term, self.balance_term).sum() if use_ent else None
 

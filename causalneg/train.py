@@ -154,6 +154,7 @@ class TrainConfig:
     balance_term: bool = True
     in_batch_negatives: bool = False
     mask_margin: float | None = None          # fake-negative masking in InfoNCE (CausalNegLoss); None: off
+    hardness_strength: float = 0.0            # hardness-weighted InfoNCE (sentence-transformers' hard_negatives mode); 0: off
     seed: int = 0
     shuffle: bool = True
     output_dir: str = "models/run"
@@ -306,7 +307,8 @@ def train(examples: Sequence[dict], config: TrainConfig | None = None, dev_examp
                               device="cpu" if resolve_device(c.device) == "cpu" else None)
     loss = CausalNegLoss(model, temperature=c.temperature, lambda_ent=c.lambda_ent, tau_ent=c.tau_ent,
                          entropy_term=c.entropy_term, balance_term=c.balance_term,
-                         in_batch_negatives=c.in_batch_negatives, mask_margin=c.mask_margin)
+                         in_batch_negatives=c.in_batch_negatives, mask_margin=c.mask_margin,
+                         hardness_strength=c.hardness_strength)
     out = Path(c.output_dir)
     args = training_args(c, dev_ds is not None)
     callbacks = [JsonlLogger(out / "train_log.jsonl")] + ([ProgressLine(out.name)] if c.progress else [])

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['AUTHORS_MASK_MARGIN', 'SWEEPS', 'MAIN_ORDER', 'GENERATORS', 'Variant', 'main_variants', 'sweep_name',
-           'ablation_variants', 'requested_rows', 'probe_generator', 'check_drop', 'usable', 'variant_examples',
-           'negative_counts']
+__all__ = ['HARDNESS_STRENGTH', 'AUTHORS_MASK_MARGIN', 'SWEEPS', 'MAIN_ORDER', 'GENERATORS', 'Variant', 'main_variants',
+           'sweep_name', 'ablation_variants', 'requested_rows', 'probe_generator', 'check_drop', 'usable',
+           'variant_examples', 'negative_counts']
 
 # %% ../nbs/11_variants.ipynb #c005
 @dataclass(frozen=True)
@@ -24,8 +24,11 @@ class Variant:
     tau_ent: float | None = None                # None: the profile's tau_ent
     train: bool = True                          # False: the zero-shot row
     mask_margin: float | None = None            # fake-negative masking for this row; None: the run settings' mask_margin
+    hardness_strength: float = 0.0              # hardness-weighted InfoNCE (alpha); 0: plain InfoNCE, as every other row
 
-def _v(name, label, lam=0.0, mask=None, **neg): return Variant(name, label, neg, lam, mask_margin=mask)
+def _v(name, label, lam=0.0, mask=None, hard=0.0, **neg): return Variant(name, label, neg, lam, mask_margin=mask, hardness_strength=hard)
+
+HARDNESS_STRENGTH = 5.0  # alpha of the stock hardness-weighted InfoNCE row (Schechter Vera et al. 2025)
 
 AUTHORS_MASK_MARGIN = 0.1  # the authors' baseline script masks negatives scoring above the positive + 0.1
 
@@ -51,6 +54,8 @@ def main_variants(n_mined: int, n_gen: int, lambda_ent: float = 0.05, lambda_eff
             _v("mined_naive_pos_masked", f"mined + naive (sees the positive), masked ({mm:g}): the authors' baseline", mask=mm,
                mined=M, naive_pos=G),
             _v("mined_cot", "mined + CoT", mined=M, causalneg=G),
+            _v("mined_cot_hard", f"mined + CoT, hardness-weighted InfoNCE (alpha={HARDNESS_STRENGTH:g}): the stock competitor",
+               hard=HARDNESS_STRENGTH, mined=M, causalneg=G),
             _v("causalneg", "mined + CoT + entropy (CausalNeg)", lambda_ent, mined=M, causalneg=G),
             _v("causalneg_eff", f"CausalNeg at the effective weight (lambda={lambda_effective:g})", lambda_effective, mined=M, causalneg=G)]
 
