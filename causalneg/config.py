@@ -121,6 +121,7 @@ RUN_SETTINGS = {
     "threads": count(1), "device": device, "nproc_per_node": count(1), "cache_dir": folder, "models_dir": folder,
     "drop_reasons": either(choice("all"), listof(name)), "probe_n_mined": count(), "probe_n_gen": count(),
     "probe_train_range": optional(listof(count())), "source_bias": optional(folder),
+    "source_bias_rank_seeds": optional(listof(count())),
 }
 
 # causalneg.llm.LLMConfig (its own checks then run on the values: ranges, the key variable's name, the URL)
@@ -164,7 +165,7 @@ GENERATE_STAGE = {
     "guard_margin": "generation.guard_margin", "min_words": "generation.min_words", "max_words": "generation.max_words",
     "near_dup": "generation.near_dup", "naive_prompts": "generation.naive_prompts", "model": "encoder.model", "max_seq_length": "encoder.max_seq_length",
     "threads": "runtime.threads", "device": "runtime.device", "cache_dir": "runtime.embedding_cache",
-    "benchmark": "benchmark.folder",
+    "benchmark": "benchmark.folder", "rewrite_from": "experiments.train_queries",
 }  # stage key -> params path, as dvc.yaml's generate stage passes them
 
 def stage_settings(params: dict, stage: dict) -> dict:

@@ -55,6 +55,9 @@ class RunSettings:
     # a Cocktail-format folder or zip (human passages, their LLM rewrites, queries, graded qrels) every model is scored on
     # for source preference with the content held fixed; None: skip
     source_bias: str | None = "data/cocktail/nq-utd.zip"
+    # seeds whose runs also rank the whole mixed index (Cocktail's Relative Δ: 1,600 passages, ~3x the encoding of the
+    # paired difference, which every run measures); None: every seed
+    source_bias_rank_seeds: list | None = field(default_factory=lambda: [0])
 
 # %% ../nbs/13_experiments.ipynb #c006
 def read_pools(negatives_dir, generated_dir, part: str) -> dict:
@@ -226,7 +229,8 @@ def run_variant(variant, seed: int, settings: RunSettings, out_dir, queries: lis
         shortcut[gen] = shortcut_metrics(qids, sim, is_gen)
         probe_rows += [[gen, q, round(float(x), 6), y] for q, x, y in zip(qids, sim, src)]
     t_bias = time.time()
-    bias = source_preference(encoder, load_cocktail(s.source_bias), cache=s.cache_dir) if s.source_bias else None
+    rank = s.source_bias_rank_seeds is None or seed in s.source_bias_rank_seeds
+    bias = source_preference(encoder, load_cocktail(s.source_bias), cache=s.cache_dir, rank=rank) if s.source_bias else None
     own = rewrite_preference(encoder, rewrites, cache=s.cache_dir)
     rec = {"key": key, "code": code, "variant": variant.name, "label": variant.label, "seed": seed, "recipe": asdict(variant),
            "negatives": negative_counts(examples) if examples else {}, "metrics": metrics, "shortcut": shortcut,

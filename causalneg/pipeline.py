@@ -8,9 +8,9 @@ import os, re, sys, time, copy, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'project_root', 'strip_progress', 'LiveStream', 'run_notebook',
-           'scrub_paths', 'offline_html', 'render_html', 'lookup', 'parse_parameters', 'deep_merge', 'read_profile',
-           'use_profile', 'save_outputs', 'render_docs', 'write_index', 'main']
+__all__ = ['PIPELINE_DIR', 'REPORTS_DIR', 'PROFILE_NAME', 'RESULTS_MARKERS', 'project_root', 'strip_progress', 'LiveStream',
+           'run_notebook', 'scrub_paths', 'offline_html', 'render_html', 'lookup', 'parse_parameters', 'deep_merge',
+           'read_profile', 'use_profile', 'save_outputs', 'render_docs', 'write_index', 'with_results', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #root-def
 def project_root(start=None) -> Path:
@@ -434,6 +434,31 @@ def write_index(reports="reports", out=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True); out.write_text(page, encoding="utf-8")
     return out
 
+# %% ../nbs/10_pipeline.ipynb #138a08e3
+RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+def with_results(readme: str, summary: str) -> str:
+    "README text with the block between the results markers replaced by `summary`."
+    start, end = RESULTS_MARKERS
+    if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
+        raise ValueError(f"README must hold {start} and then {end}, once each, around the results block.")
+    head, rest = readme.split(start); _, tail = rest.split(end)
+    return f"{head}{start}\n{summary.strip()}\n{end}{tail}"
+
+def _readme_main(argv) -> int:
+    "`readme [--check]`: copy reports/summary.md into README.md between the results markers (`--check`: exit 1 if they differ)."
+    root = project_root(); readme, summary = root / "README.md", root / REPORTS_DIR / "summary.md"
+    if not summary.exists(): raise SystemExit(f"{summary}: not found; run the tables stage (make repro) first.")
+    old = readme.read_text(encoding="utf-8")
+    try: new = with_results(old, summary.read_text(encoding="utf-8"))
+    except ValueError as e: raise SystemExit(f"{readme}: {e}")
+    if "--check" in argv[1:]:
+        if new != old: print(f"{readme.name}: its results block differs from {summary.relative_to(root)}: run `python -m causalneg.pipeline readme`.", file=sys.stderr)
+        return int(new != old)
+    readme.write_text(new, encoding="utf-8"); print(f"{readme.name}: results block updated from {summary.relative_to(root)}", file=sys.stderr)
+    return 0
+
+
 # %% ../nbs/10_pipeline.ipynb #c014
 def _docs_main(argv) -> int:
     "`docs [--save] [--out DIR] [--reports DIR] [--timeout S] [NOTEBOOK ...]`: render library notebooks (`--save`: keep their outputs in nbs/ too), then the index; `index`: the index only."
@@ -452,11 +477,12 @@ def _docs_main(argv) -> int:
     return 1 if failed else 0
 
 def main(argv=None):
-    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...`, `use-profile NAME`, or `docs`/`index`."
+    "CLI: `python -m causalneg.pipeline NAME [--as OUTPUT_NAME] [--reports DIR] [-p key value | -y key yaml | -P key params.path]...`, `use-profile NAME`, `readme [--check]`, or `docs`/`index`."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or (argv[0] in ("docs", "index") and {"-h", "--help"} & set(argv)):
         print(main.__doc__ + "\n" + _docs_main.__doc__); return 0
     if argv[0] in ("docs", "index"): return _docs_main(argv)
+    if argv[0] == "readme": return _readme_main(argv)
     if argv[0] == "use-profile":
         if len(argv) != 2: raise SystemExit("usage: python -m causalneg.pipeline use-profile NAME")
         root = project_root()

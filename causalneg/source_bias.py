@@ -115,15 +115,22 @@ def _ndcg(qrels: dict, run: dict, k: int) -> dict:
     return {q: res.get(q, {}).get(f"ndcg_cut_{k}", 0.0) for q in qrels}
 
 # %% ../nbs/18_source_bias.ipynb #s015
-def source_preference(encoder, data: CocktailData, cache=None, batch_size: int = 64, k: int = 10) -> dict:
+def source_preference(encoder, data: CocktailData, cache=None, batch_size: int = 64, k: int = 10, rank: bool = True) -> dict:
     "Relative Δ of nDCG@k (human vs LLM version, one mixed index) and the paired similarity difference q·human − q·llm per relevant pair."
     from causalneg.encoders import encode
     from causalneg.eval import exact_search
     qids = [q for q, v in data.qrels.items() if any(g >= 1 for g in v.values())]
     if not qids: raise ValueError(f"{data.source}: no query has a relevant judgement (grade >= 1).")
-    ids = list(data.human)
+    # rank=False: only the relevant passages' two versions (the paired difference), a third of the encoding
+    ids = list(data.human) if rank else sorted({d for q in qids for d, g in data.qrels[q].items() if g >= 1})
     enc = lambda texts, role: encode(encoder, texts, role, cache, batch_size, show_progress=False)
     qe, he, le = enc([data.queries[q] for q in qids], "query"), enc([data.human[i] for i in ids], "document"), enc([data.llm[i] for i in ids], "document")
+    pos = {d: i for i, d in enumerate(ids)}
+    pairs = {f"{q}/{d}": float(qe[n] @ he[pos[d]] - qe[n] @ le[pos[d]]) for n, q in enumerate(qids) for d, g in data.qrels[q].items() if g >= 1}
+    diffs = np.array(list(pairs.values()))
+    paired = {"corpus": data.llm_name, "queries": len(qids), "pairs": len(pairs), "mean_pref": float(diffs.mean()),
+              "human_higher_share": float((diffs > 0).mean()), "per_pair": {key: round(v, 6) for key, v in pairs.items()}}
+    if not rank: return paired
     dids = [f"{i}-human" for i in ids] + [f"{i}-llm" for i in ids]
     run = exact_search(qe, np.vstack([he, le]), dids, qids, k=len(dids))  # the whole mixed index: no side runs short
     scores = {}
@@ -132,17 +139,11 @@ def source_preference(encoder, data: CocktailData, cache=None, batch_size: int =
         scores[side] = _ndcg(qr, {q: dict(sorted(r.items(), key=lambda x: -x[1])[:k]) for q, r in run.items()}, k)
         scores[side + "_alone"] = _ndcg(qr, {q: {d: s for d, s in r.items() if d.endswith(f"-{side}")} for q, r in run.items()}, k)
     mean = {s: float(np.mean(list(v.values()))) for s, v in scores.items()}
-    pos = {d: i for i, d in enumerate(ids)}
-    pairs = {f"{q}/{d}": float(qe[n] @ he[pos[d]] - qe[n] @ le[pos[d]]) for n, q in enumerate(qids) for d, g in data.qrels[q].items() if g >= 1}
-    diffs = np.array(list(pairs.values()))
-    return {"corpus": data.llm_name, "queries": len(qids), "pairs": len(pairs),
-            "ndcg_human": mean["human"], "ndcg_llm": mean["llm"], "relative_delta": relative_delta(mean["human"], mean["llm"]),
-            "mean_pref": float(diffs.mean()), "human_higher_share": float((diffs > 0).mean()),
+    return {**paired, "ndcg_human": mean["human"], "ndcg_llm": mean["llm"], "relative_delta": relative_delta(mean["human"], mean["llm"]),
             "ndcg_human_alone": mean["human_alone"], "ndcg_llm_alone": mean["llm_alone"],
             "relative_delta_alone": relative_delta(mean["human_alone"], mean["llm_alone"]),
             "per_query": {q: {"ndcg_human": scores["human"][q], "ndcg_llm": scores["llm"][q],
-                              "ndcg_human_alone": scores["human_alone"][q], "ndcg_llm_alone": scores["llm_alone"][q]} for q in qids},
-            "per_pair": {key: round(v, 6) for key, v in pairs.items()}}
+                              "ndcg_human_alone": scores["human_alone"][q], "ndcg_llm_alone": scores["llm_alone"][q]} for q in qids}}
 
 # %% ../nbs/18_source_bias.ipynb #s019
 def relative_delta_ci(rows: dict, n_boot: int = 10000, alpha: float = 0.05, seed: int = 0, alone: bool = False) -> dict:

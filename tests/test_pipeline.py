@@ -64,6 +64,10 @@ def test_stages_write_reports(project):
         "reports/figures/shortcut.png",
         "reports/figures/sensitivity.png",
         "reports/figures/main_table.png",
+        "reports/figures/source_bias.png",
+        "reports/figures/gradients.png",
+        "reports/source_bias_table.md",
+        "reports/per_query/pref.csv",
         "results/zeroshot/pool.json",
         "reports/tables.html",
     ]:
@@ -115,13 +119,21 @@ def test_main_table_and_claims(project):
         assert f"| {label} " in table, label
     claims = (dest / "reports/claims.md").read_text()
     verdicts = json.loads((dest / "reports/claims.json").read_text())
-    assert claims.count("| **") == len(verdicts) == 7, claims
-    assert {c["claim"] for c in verdicts} == {1, 2, 3, 4} and sum(c["claim"] == 4 for c in verdicts) == 4
-    assert all(c["verdict"] in ("supported", "contradicted", "no effect", "inconclusive") for c in verdicts)
-    ran = {c["comparison"]: c for c in verdicts}["causalneg_eff - mined"]
+    assert claims.count("| **") == len(verdicts) == 11, claims
+    assert {c["claim"] for c in verdicts} == {1, 2, 3, 4} and sum(c["claim"] == 4 for c in verdicts) == 6
+    for c in verdicts:
+        assert c["verdict"] in ("supported", "contradicted", "no effect", "inconclusive")
+        assert c["verdict_unadjusted"] in ("supported", "contradicted", "no effect", "inconclusive")
+    by_id = {c["id"]: c for c in verdicts}
+    ran = by_id["4-beats"]
     assert ran["delta"] is None and ran["note"] == "rows not run"  # the smoke profile does not train that row
-    c2 = {c["comparison"]: c for c in verdicts}["mined_cot - mined"]
-    assert c2["n_queries"] > 0 and c2["ci_low"] <= c2["delta"] <= c2["ci_high"] and c2["mde"] > 0
+    # claim 2 on CoT: mined_cot - mined in NQ-UTD source preference, per relevant pair, both models scored on it
+    c2 = by_id["2-cot"]
+    assert c2["comparison"] == "mined_cot - mined" and c2["unit"] == "pairs" and c2["n"] > 200
+    assert c2["ci_low"] <= c2["delta"] <= c2["ci_high"] and c2["mde"] > 0 and c2["paired_seeds"]
+    assert c2["p_value"] <= c2["p_holm"] <= 1 and c2["ci_low_mc"] > 0
+    pref = (dest / "reports/per_query/pref.csv").read_text().splitlines()
+    assert pref[0] == "variant,seed,pair_id,value" and len(pref) > 4 * 200
     per_query = (dest / "reports/per_query/metrics.csv").read_text().splitlines()
     assert per_query[0] == "variant,seed,split,qid,ndcg@10,recall@100,mrr@10" and len(per_query) == 1 + 7 * 2 * 20
     main = json.loads((dest / "reports/metrics/main.json").read_text())
