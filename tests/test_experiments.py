@@ -97,12 +97,13 @@ def test_variant_train_config_equals_the_old_explicit_construction():
     s = RunSettings(batch_size=4, lr=1e-4, threads=3, device="cpu", grad_accum=2, dev_fraction=0.1, early_stopping_patience=2)
     for v in main_variants(3, 3) + ablation_variants(3, 3, taus=[0.2]):
         for seed in (0, 2):
-            if v.mask_margin is None:  # the old construction had no per-row masking
-                assert variant_train_config(v, seed, s) == old_train_config(v, seed, s), v.name
-            else:  # a masked row differs from it in its margin only
-                assert variant_train_config(v, seed, s) == replace(old_train_config(v, seed, s), mask_margin=v.mask_margin), (
-                    v.name
-                )
+            # the old construction had no per-row masking or hardness weighting: a row with either differs in it only
+            want = replace(
+                old_train_config(v, seed, s),
+                mask_margin=v.mask_margin if v.mask_margin is not None else s.mask_margin,
+                hardness_strength=v.hardness_strength,
+            )
+            assert variant_train_config(v, seed, s) == want, v.name
 
 
 def test_variant_train_config_carries_every_shared_field():
