@@ -178,7 +178,8 @@ def gradient_diagnostics(q: Tensor, pos: Tensor, negs: Tensor, valid: Tensor, ge
 def diagnostic_keys(sources: Sequence[str] = SOURCES) -> list:
     "Names of the diagnostics `entropy_diagnostics` returns (a fixed order, identical on every process)."
     return (["H_G", "logN_g", "H_G_ratio", "P_G", "P_G_target", "L_ent", "sim_pos", "sim_gen", "sim_nongen"]
-            + [f"sim_{s}" for s in sources] + ["sim_gen_mined", "sim_gen_gen", "sim_mined_mined", "frac_with_gen"])
+            + [f"sim_{s}" for s in sources] + ["sim_gen_mined", "sim_gen_gen", "sim_mined_mined", "frac_with_gen",
+                                                       "grad_share_gen", "grad_cos_pos_gen"])
 
 @torch.no_grad()
 def entropy_diagnostics(q: Tensor, pos: Tensor, negs: Tensor, labels: Tensor, temperature: float = 0.1,

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / ".cache" / "llm-cache-build" / "blocks"
 PARTS = ("train", "heldout")
 # what each block sets itself rather than take from the stage's command
-BLOCK_KEYS = {"max_queries", "threads", "cache_dir", "negatives_dir", "out_dir", "reports_dir", "parts", "llm"}
+BLOCK_KEYS = {"max_queries", "threads", "cache_dir", "negatives_dir", "out_dir", "reports_dir", "parts", "llm", "rewrite_from"}
 
 
 def plan_blocks(start: int, stop: int, step: int) -> list:
@@ -79,11 +79,22 @@ def stage_parameters() -> list:
     return out
 
 
-def generate_command(block_dir: Path, parts: list, n: int, threads: int) -> list:
+def block_rewrite_from(start: int, params_file=ROOT / "params.yaml"):
+    "The stage's `rewrite_from` in the coordinates of a block that starts at query `start` (None: no rewrites)."
+    sys.path.insert(0, str(ROOT))
+    from causalneg.config import GENERATE_STAGE, load_params, stage_settings as settings_of
+
+    value = settings_of(load_params(params_file), GENERATE_STAGE).get("rewrite_from")
+    return None if value is None else max(0, value - start)
+
+
+def generate_command(block_dir: Path, parts: list, n: int, threads: int, start: int = 0) -> list:
     "The generate stage's command for one block: its params.yaml settings, the block's slice and this worker's threads."
     cmd = [sys.executable, "-m", "causalneg.pipeline", "generate", "--as", "llm-cache-block", "--reports", str(block_dir)]
+    rewrite_from = block_rewrite_from(start)
     return (
         cmd
+        + ["-y", "rewrite_from", "null" if rewrite_from is None else str(rewrite_from)]
         + stage_parameters()
         + [
             "-y",
@@ -168,7 +179,7 @@ def run(args) -> int:
             t0 = time.time()
             with open(block_dir / "log.txt", "w") as log:
                 rc = subprocess.run(
-                    generate_command(block_dir, parts, b - a, args.threads),
+                    generate_command(block_dir, parts, b - a, args.threads, start=a),
                     cwd=ROOT,
                     env=env,
                     stdout=log,

@@ -69,7 +69,7 @@ def test_workers_run_every_block_once_and_stop_on_failure(tmp_path, monkeypatch,
     marks = tmp_path / "marks"
     marks.mkdir()
 
-    def fake_command(block_dir, parts, n, threads):
+    def fake_command(block_dir, parts, n, threads, start=0):
         code = (
             f"import pathlib, sys; pathlib.Path({str(marks)!r}, {block_dir.name!r}).write_text({json.dumps(parts)!r}); "
             f"sys.exit(3 if {block_dir.name!r} == 'FAIL' else 0)"
@@ -84,7 +84,7 @@ def test_workers_run_every_block_once_and_stop_on_failure(tmp_path, monkeypatch,
         "train"
     ]
 
-    monkeypatch.setattr(blc, "generate_command", lambda block_dir, *a: fake_command(block_dir.with_name("FAIL"), *a))
+    monkeypatch.setattr(blc, "generate_command", lambda block_dir, *a, **kw: fake_command(block_dir.with_name("FAIL"), *a, **kw))
     assert blc.main(args + ["--queries", "10"]) == 1
     assert "generate exited 3; see" in capsys.readouterr().err
 
@@ -108,3 +108,12 @@ def test_commit_cache_waits_out_a_busy_git_and_gives_up_in_the_end(monkeypatch):
     busy["left"] = 99
     with pytest.raises(subprocess.CalledProcessError):
         blc.commit_cache("msg", threading.Lock(), tries=3)
+
+
+def test_blocks_ask_for_the_rewrites_their_slice_holds():
+    "A block's rewrite_from is the stage's, counted from the block's first query: blocks past it rewrite every train query."
+    want = yaml.safe_load((ROOT / "params.yaml").read_text())["experiments"]["train_queries"]
+    assert blc.block_rewrite_from(0) == want
+    assert blc.block_rewrite_from(want + 5) == 0 and blc.block_rewrite_from(want - 2) == 2
+    cmd = blc.generate_command(Path("/tmp/b"), ["train"], 5, 1, start=want)
+    assert cmd[cmd.index("rewrite_from") + 1] == "0"
